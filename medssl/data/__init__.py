@@ -1,0 +1,1 @@
+"""Data layer: DICOM/NIfTI readers, archive index, preprocessing cache, datasets, phantoms."""

@@ -1,0 +1,83 @@
+"""Grouping DICOM files into stacks.
+
+A SeriesInstanceUID is not a volume: real archives put several stacks under one UID (the same series saved in
+several transfer syntaxes with different SeriesNumbers, multi-echo acquisitions, 3-plane localizers, enhanced
+multi-frame objects). A *stack* is the unit that can become one (3D or 4D) volume; its key is
+(SeriesInstanceUID, SeriesNumber, EchoNumber, localizer flag, multi-frame instance, orientation cluster).
+Acquisition number is deliberately not part of the key: time series (fMRI, perfusion, multi-phase) repeat the same
+slice positions with increasing acquisition numbers, which :mod:`medssl.data.geometry` stacks as a 4th dimension.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from medssl.data.deid import hash_identifier
+from medssl.data.dicom_header import DicomHeader
+
+#: Two orientations closer than this (max abs difference of direction cosines) are the same plane.
+ORIENTATION_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Files that form one volume candidate, plus the raw key used to build a salted public key."""
+
+    raw_key: tuple
+    headers: tuple[DicomHeader, ...]
+    orientation_index: int  # which orientation cluster within its series (0 for the main one)
+    n_orientations: int  # number of orientation clusters the series was split into
+
+    def public_key(self, salt: str) -> str:
+        """Salted, non-reversible key (never the raw UID)."""
+        return hash_identifier("|".join(map(str, self.raw_key)), salt)
+
+    @property
+    def first(self) -> DicomHeader:
+        return self.headers[0]
+
+    @property
+    def files(self) -> list[str]:
+        return [h.path for h in self.headers]
+
+
+def _cluster_orientations(headers: Sequence[DicomHeader]) -> list[int]:
+    """Assign each header an orientation cluster id (greedy, tolerance-based; None orientation -> own cluster)."""
+    reps: list[np.ndarray | None] = []
+    labels = []
+    for h in headers:
+        o = None if h.orientation is None else np.asarray(h.orientation)
+        for idx, rep in enumerate(reps):
+            if (o is None and rep is None) or (
+                o is not None and rep is not None and np.max(np.abs(o - rep)) <= ORIENTATION_TOL
+            ):
+                labels.append(idx)
+                break
+        else:
+            reps.append(o)
+            labels.append(len(reps) - 1)
+    return labels
+
+
+def group_headers(headers: Iterable[DicomHeader]) -> list[Stack]:
+    """Split headers into stacks; deterministic order (series number, then key)."""
+    by_series: dict[tuple, list[DicomHeader]] = {}
+    for h in headers:
+        multiframe = h.sop_instance_uid if (h.number_of_frames > 1 and not h.is_mosaic) else ""
+        base = (h.series_uid, h.series_number if h.series_number is not None else "", h.echo_number or "",
+                "LOC" if h.is_localizer else "", multiframe)
+        by_series.setdefault(base, []).append(h)
+    stacks: list[Stack] = []
+    for base, members in by_series.items():
+        labels = _cluster_orientations(members)
+        n_clusters = max(labels) + 1
+        # the cluster with most files is the main one (index 0); ties broken by first appearance
+        order = sorted(range(n_clusters), key=lambda c: (-labels.count(c), labels.index(c)))
+        for rank, cluster in enumerate(order):
+            chosen = tuple(sorted((m for m, lab in zip(members, labels) if lab == cluster), key=lambda h: h.path))
+            stacks.append(Stack(raw_key=base + (rank,), headers=chosen, orientation_index=rank,
+                                n_orientations=n_clusters))
+    stacks.sort(key=lambda s: (s.first.series_number or 0, s.first.echo_number or 0, str(s.raw_key)))
+    return stacks
