@@ -15,15 +15,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pydicom
 
-from medssl.data.deid import hash_identifier, new_salt
+from medssl.data.deid import new_salt
 from medssl.data.dicom_header import DEFAULT_MAX_VOXELS, DicomHeader, read_header
-from medssl.data.geometry import FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, lps_to_ras, plan_stack
+from medssl.data.geometry import FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
 from medssl.data.mosaic import split_mosaic
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, MedsslError, Reason
-
-Source = "str | Path | Sequence[str | Path]"
-
 
 def list_files(source) -> list[Path]:
     """Regular files under a folder (recursively, not following symlinked folders), a file, or a list."""
@@ -176,6 +173,7 @@ def read_dicom_volume(
     max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[DicomVolume, np.ndarray, dict]:
     """Lower-level reader: (decoded volume, RAS affine, safe metadata), with resampling applied where asked."""
+    user_salt = salt
     salt = salt or new_salt()
     name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} files"
     headers, skipped = scan_headers(list_files(source), max_voxels=max_voxels)
@@ -196,7 +194,7 @@ def read_dicom_volume(
         volume, affine = regularise(volume)
     h = stack.first
     meta = {
-        "series_key": stack.public_key(salt),
+        "series_key": stack.public_key(salt) if user_salt else None,  # random salt -> meaningless key
         "series_number": h.series_number,
         "modality": h.modality,
         "body_part": h.body_part,

@@ -1,0 +1,138 @@
+"""The ``medssl`` console command. Each subcommand is a thin adapter from arguments to a library call.
+
+Data layer: ``phantoms``, ``index``, ``convert``. Exit codes: 0 success, 2 usage error, 3 data error (a typed
+:class:`medssl.errors.MedsslError`; its reason code is printed).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from medssl import __version__
+from medssl.errors import MedsslError
+
+console = Console(stderr=False, highlight=False)
+
+DATA_ERROR = 3
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tilt", choices=["error", "correct"], default="error",
+                   help="gantry-tilted (sheared) stacks: raise (default) or resample to an orthogonal grid")
+    p.add_argument("--uneven", choices=["error", "resample"], default="error",
+                   help="uneven slice spacing: raise (default) or resample to equal spacing")
+    p.add_argument("--fourd", choices=["stack", "split", "error"], default="stack",
+                   help="repeated slice positions (time points): 4D volume (default), one file per volume, or raise")
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from medssl.data.phantoms import generate_phantoms
+
+    info = generate_phantoms(args.out, n=args.n, seed=args.seed, shape=tuple(args.shape))
+    n_cases = len(info.get("cases", info)) if isinstance(info, dict) else args.n
+    console.print(f"wrote {n_cases} phantom cases to [bold]{args.out}[/] (DICOM under dicom/, NIfTI under nifti/)")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from medssl.data.index import build_index
+
+    result = build_index(Path(args.archive), Path(args.out), workers=args.workers, tilt=args.tilt,
+                         uneven=args.uneven, fourd=args.fourd, progress=not args.quiet, reuse=not args.no_reuse)
+    table = Table(title=f"index of {args.archive}")
+    table.add_column("files seen", justify="right")
+    table.add_column("indexed", justify="right")
+    table.add_column("skipped", justify="right")
+    table.add_column("volumes", justify="right")
+    table.add_row(str(result.seen), str(result.indexed), str(result.skipped), str(result.n_series))
+    console.print(table)
+    if result.reason_counts:
+        reasons = Table(title="skipped files by reason")
+        reasons.add_column("reason")
+        reasons.add_column("files", justify="right")
+        for reason, count in sorted(result.reason_counts.items(), key=lambda kv: -kv[1]):
+            reasons.add_row(reason, str(count))
+        console.print(reasons)
+    console.print(f"seen = indexed + skipped: {result.seen} = {result.indexed} + {result.skipped}  "
+                  f"({result.elapsed:.2f} s, {result.headers_read} headers read)")
+    console.print(f"wrote {Path(args.out) / 'series.csv'} and {Path(args.out) / 'files.csv'}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from medssl.data.convert import convert_series
+    from medssl.data.deid import load_or_create_salt
+    from medssl.data.dicom import find_series
+
+    salt = load_or_create_salt(args.index) if args.index else None
+    if args.list:
+        stacks = find_series(args.source)
+        table = Table(title=f"stacks in {args.source}")
+        for col in ("#", "key" if salt else "", "series", "modality", "files", "rows x cols"):
+            if col:
+                table.add_column(col)
+        for i, s in enumerate(stacks, 1):
+            row = [str(i)] + ([s.public_key(salt)] if salt else []) + [
+                str(s.first.series_number), s.first.modality, str(len(s.headers)), f"{s.first.rows}x{s.first.columns}"]
+            table.add_row(*row)
+        console.print(table)
+        return 0
+    if not args.out:
+        console.print("[red]convert needs OUT.nii.gz (or --list)[/]")
+        return 2
+    written = convert_series(args.source, args.out, series=args.series, tilt=args.tilt, uneven=args.uneven,
+                             fourd=args.fourd, salt=salt)
+    for path in written:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medssl", description="Self-supervised learning on medical images.")
+    parser.add_argument("--version", action="version", version=f"medssl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantoms", help="write synthetic CT-like phantoms as DICOM series and NIfTI (+ labels)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--n", type=int, default=4, help="number of cases (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 48], metavar=("X", "Y", "Z"))
+    p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("index", help="crawl an archive: de-identified manifest of every file and usable volume")
+    p.add_argument("archive", help="folder to crawl")
+    p.add_argument("--out", required=True, help="index folder (series.csv, files.csv, index.json, salt.txt)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--no-reuse", action="store_true", help="re-read every header even if unchanged")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_policy(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("convert", help="convert one DICOM series to NIfTI")
+    p.add_argument("source", help="DICOM folder or file")
+    p.add_argument("out", nargs="?", help="output .nii or .nii.gz")
+    p.add_argument("--series", help="stack to convert when the folder holds several: number from --list or key")
+    p.add_argument("--list", action="store_true", help="list the stacks in SOURCE and exit")
+    p.add_argument("--index", help="index folder whose salt is used for series keys (as in series.csv)")
+    _add_policy(p)
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedsslError as exc:
+        console.print(f"[red]error[/] {exc}")
+        return DATA_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
