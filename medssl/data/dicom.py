@@ -101,17 +101,59 @@ class DicomVolume:
             return self.raw
         s = self.slopes[None, None]
         i = self.intercepts[None, None]
-        out = self.raw.astype(np.float64) * s + i
-        if np.all(np.mod(self.slopes, 1) == 0) and np.all(np.mod(self.intercepts, 1) == 0):
+        whole = np.all(np.mod(self.slopes, 1) == 0) and np.all(np.mod(self.intercepts, 1) == 0)
+        if whole and np.issubdtype(self.raw.dtype, np.integer):
+            work = np.int32 if self.raw.dtype.itemsize <= 2 and np.abs(self.slopes).max() < 2**14 else np.int64
+            out = self.raw.astype(work) * s.astype(work) + i.astype(work)
             for dtype in (np.int16, np.int32):
                 info = np.iinfo(dtype)
                 if out.min() >= info.min and out.max() <= info.max:
                     return out.astype(dtype)
+        out = self.raw.astype(np.float64) * s + i
         return out.astype(np.float32)
+
+
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _decode_native(header: DicomHeader) -> np.ndarray | None:
+    """Fast path for uncompressed little-endian pixel data: read the bytes at the offset found while parsing the
+    header, then apply the Bits Stored semantics (mask unused high bits; sign-extend from High Bit). Returns None
+    when the file does not qualify (the general pydicom path handles it)."""
+    h = header
+    if (h.transfer_syntax not in _NATIVE_LE or h.pixel_offset is None or h.samples_per_pixel != 1
+            or h.bits_allocated not in (8, 16, 32) or h.high_bit != h.bits_stored - 1):
+        return None
+    count = h.rows * h.columns * h.number_of_frames
+    nbytes = count * h.bits_allocated // 8
+    if h.pixel_length is None or h.pixel_length < nbytes:
+        return None
+    signed = h.pixel_representation == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{h.bits_allocated // 8}")
+    arr = np.fromfile(h.path, dtype=dtype, count=count, offset=h.pixel_offset)
+    if arr.size != count:
+        raise DicomFileError(Reason.TRUNCATED, f"pixel data holds {arr.size} of {count} values", [h.path])
+    if h.bits_stored < h.bits_allocated:
+        unsigned = arr.view(dtype.newbyteorder("=").str.replace("i", "u"))
+        unsigned = unsigned & np.array((1 << h.bits_stored) - 1, dtype=unsigned.dtype)
+        if signed:
+            sign = 1 << (h.bits_stored - 1)
+            arr = (unsigned.astype(np.int64) ^ sign) - sign
+            arr = arr.astype(dtype.newbyteorder("="))
+        else:
+            arr = unsigned
+    return arr.reshape(h.number_of_frames, h.rows, h.columns)
 
 
 def _decode(header: DicomHeader) -> np.ndarray:
     """Pixel array of one file as (frames, rows, columns) in native byte order."""
+    if header.samples_per_pixel != 1:
+        raise DicomFileError(Reason.UNSUPPORTED_PHOTOMETRIC,
+                             f"{header.photometric} with {header.samples_per_pixel} samples/pixel is not a scalar "
+                             "image", [header.path])
+    fast = _decode_native(header)
+    if fast is not None:
+        return fast
     try:
         ds = pydicom.dcmread(header.path)
         arr = ds.pixel_array
@@ -123,10 +165,6 @@ def _decode(header: DicomHeader) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - decoder libraries raise many types on corrupt streams
         raise DicomFileError(Reason.UNDECODABLE, f"pixel data undecodable ({type(exc).__name__}: {exc})",
                              [header.path]) from None
-    if header.samples_per_pixel != 1:
-        raise DicomFileError(Reason.UNSUPPORTED_PHOTOMETRIC,
-                             f"{header.photometric} with {header.samples_per_pixel} samples/pixel is not a scalar "
-                             "image", [header.path])
     arr = np.asarray(arr)
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -154,9 +192,10 @@ def load_pixels(geom: StackGeometry) -> DicomVolume:
             index = ref.frame if ref.frame is not None else (ref.tile if ref.tile is not None else 0)
             plane = frames[index]
             if raw is None:
-                raw = np.empty((geom.columns, geom.rows, nz, nt), dtype=plane.dtype)
-            raw[:, :, z, t] = plane.T
+                raw = np.empty((nz, nt, geom.rows, geom.columns), dtype=plane.dtype)
+            raw[z, t] = plane
             slopes[z, t], inters[z, t] = ref.slope, ref.intercept
+    raw = raw.transpose(3, 2, 0, 1)  # (columns=X, rows=Y, Z, T): a view, no copy
     if nt == 1:
         raw, slopes, inters = raw[..., 0], slopes[:, 0], inters[:, 0]
     return DicomVolume(raw=raw, slopes=slopes, intercepts=inters, geometry=geom)
@@ -227,7 +266,7 @@ def read_dicom_series(source, **kwargs):
     meta.update({"spacing": spacing, "space": "RAS", "original_affine": affine.copy(),
                  "spatial_shape": np.asarray(data.shape[:3]), "filename_or_obj": str(source)
                  if isinstance(source, (str, Path)) else ""})
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(data)), affine=torch.as_tensor(affine), meta=meta)
+    return MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(affine), meta=meta)  # strided view, no copy
 
 
 __all__ = ["read_dicom_series", "read_dicom_volume", "find_series", "scan_headers", "list_files", "DicomVolume",

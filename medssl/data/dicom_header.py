@@ -95,6 +95,8 @@ class DicomHeader:
     has_pixels: bool
     enhanced_frames: tuple = field(default=(), repr=False)  # per-frame (position, orientation, spacing, slope, inter)
     mosaic_normal: tuple | None = None  # slice direction of a mosaic's tiles (CSA SliceNormalVector sign)
+    pixel_offset: int | None = None  # file offset of native (unencapsulated) pixel bytes, for the fast path
+    pixel_length: int | None = None
 
     @property
     def is_mosaic(self) -> bool:
@@ -204,7 +206,7 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
     if not os.access(path, os.R_OK):
         raise DicomFileError(Reason.PERMISSION_DENIED, "no read permission", [path])
     try:
-        ds, has_pixels = _parse(path)
+        ds, has_pixels, pixel_at = _parse(path)
     except DicomFileError:
         raise
     except PermissionError:
@@ -264,6 +266,8 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
         mosaic_images=None,
         has_pixels=True,
         enhanced_frames=_enhanced_frames(ds),
+        pixel_offset=pixel_at[0] if pixel_at else None,
+        pixel_length=pixel_at[1] if pixel_at else None,
     )
     if "MOSAIC" in header.image_type:
         object.__setattr__(header, "mosaic_images", _mosaic_count(ds))
@@ -280,19 +284,33 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
 
 
 def _parse(path: Path):
-    """One pass over the header: parse up to the pixel data element, noting whether it exists."""
-    found = []
+    """One pass over the header: parse up to the pixel data element, noting whether it exists and, for native
+    (defined-length) pixel data, where its bytes start."""
+    found: list[tuple] = []
+    overrun: list[int] = []
 
-    def stop(tag, vr, length):  # called for every top-level element while parsing
+    def stop(tag, vr, length):  # called for every top-level element while parsing, positioned at its value
+        if length != 0xFFFFFFFF and fh.tell() + length > size:
+            overrun.append(int(tag))  # pydicom silently keeps a partial value at EOF: that is truncation
         if int(tag) in _PIXEL_TAGS:
-            found.append(True)
+            found.append((int(tag), vr, length))
             return True
         return False
 
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         is_dicom, preamble = _magic(fh.read(132))
         if not is_dicom:
             raise DicomFileError(Reason.NOT_DICOM, "no DICM magic and no DICOM group-0008 start", [path])
         fh.seek(0)
         ds = read_partial(fh, stop_when=stop, defer_size=4096, force=not preamble)
-    return ds, bool(found)
+        element_start = fh.tell()
+    deflated = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99"
+    if overrun and not deflated:  # (a deflated body is parsed from memory, so file offsets do not apply)
+        raise DicomFileError(Reason.TRUNCATED, f"element ({overrun[0]:08X}) runs past the end of the file", [path])
+    pixel_at = None
+    if found and found[0][0] == 0x7FE00010 and found[0][2] != 0xFFFFFFFF:
+        implicit = getattr(ds, "original_encoding", (False, True))[0]
+        header_len = 8 if implicit or found[0][1] not in ("OB", "OW", "OF", "OD", "OL", "UN", "OV") else 12
+        pixel_at = (element_start + header_len, int(found[0][2]))
+    return ds, bool(found), pixel_at

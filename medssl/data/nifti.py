@@ -25,6 +25,7 @@ from medssl.errors import NiftiError, Reason
 __all__ = ["read_nifti", "write_nifti", "check_same_grid", "NiftiReader", "affine_spacing"]
 
 _SUFFIXES = (".nii", ".nii.gz")
+_WRITE_DTYPE = {np.dtype(bool): np.dtype(np.uint8), np.dtype(np.float16): np.dtype(np.float32)}
 _NIB_ERRORS = (
     nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError, ValueError,
     zlib.error, MemoryError,
@@ -168,8 +169,10 @@ def check_same_grid(image: MetaTensor | str | os.PathLike, label: MetaTensor | s
 
 
 def _as_numpy(data: Any) -> np.ndarray:
+    if isinstance(data, MetaTensor):
+        data = data.as_tensor()
     if isinstance(data, torch.Tensor):
-        return data.detach().cpu().numpy() if not isinstance(data, MetaTensor) else data.as_tensor().detach().cpu().numpy()
+        return data.detach().cpu().numpy()
     return np.asarray(data)
 
 
@@ -208,6 +211,8 @@ def write_nifti(
         if slope == 0 or not np.isfinite([slope, inter]).all():
             raise ValueError(f"invalid scl (slope, inter) = {scl}")
         out = np.dtype(dtype or np.int16)
+        if not np.issubdtype(out, np.integer):
+            raise ValueError(f"scl storage needs an integer dtype, got {out}")
         raw = np.round((arr.astype(np.float64) - inter) / slope)
         info = np.iinfo(out)
         if raw.size and (raw.min() < info.min or raw.max() > info.max):
@@ -215,8 +220,7 @@ def write_nifti(
         arr = raw.astype(out)
     else:
         slope, inter = 1.0, 0.0
-        out = np.dtype(dtype) if dtype is not None else {np.dtype(bool): np.dtype(np.uint8),
-                                                         np.dtype(np.float16): np.dtype(np.float32)}.get(arr.dtype, arr.dtype)
+        out = np.dtype(dtype) if dtype is not None else _WRITE_DTYPE.get(arr.dtype, arr.dtype)
         arr = arr.astype(out, copy=False)
     img = nib.Nifti1Image(arr, aff, dtype=out)
     img.set_qform(aff, code=1)
@@ -274,7 +278,7 @@ class NiftiReader(ImageReader):
                 "original_channel_dim": (float("nan") if arr.ndim == len(shape) else -1)
                 if self.channel_dim is None else self.channel_dim,
             }
-            if meta and (not np.allclose(m["affine"], meta["affine"]) or not np.array_equal(shape, meta["spatial_shape"])):
+            if meta and not (np.allclose(m["affine"], meta["affine"]) and np.array_equal(shape, meta["spatial_shape"])):
                 raise NiftiError(Reason.SHAPE_MISMATCH, "files stacked as channels must share shape and affine",
                                  [t.meta["filename_or_obj"] for t in imgs])
             meta = meta or m
