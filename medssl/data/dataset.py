@@ -89,10 +89,10 @@ class ScanDataset(Dataset):
     def from_index(cls, index_dir: PathLike, archive_root: PathLike, cache: PreprocessCache,
                    **kwargs: Any) -> ScanDataset:
         """Dataset of the series indexed by the crawler: ``series.csv`` (series_key, status, ...) and
-        ``files.csv`` (path, status, series_key), paths relative to ``archive_root``; status "indexed" only."""
+        ``files.csv`` (path, status, series_key), paths relative to ``archive_root``; usable series (status ok*) and their indexed files only."""
         index_dir, archive_root = Path(index_dir), Path(archive_root)
         with open(index_dir / "series.csv", newline="") as fh:
-            keys = [r["series_key"] for r in csv.DictReader(fh) if r["status"] == "indexed"]
+            keys = [r["series_key"] for r in csv.DictReader(fh) if r["status"] in ("ok", "ok_with_warnings")]
         files: dict[str, list[Path]] = defaultdict(list)
         wanted = set(keys)
         with open(index_dir / "files.csv", newline="") as fh:

@@ -174,8 +174,9 @@ def _enhanced_frames(ds) -> tuple:
 
     def pick(frame, seq_name, attr):
         for src in (frame, shared):
-            if src is not None and seq_name in src and len(src[seq_name]) and attr in src[seq_name][0]:
-                return src[seq_name][0].get(attr)
+            seq = None if src is None else src.get(seq_name)
+            if seq and attr in seq[0]:
+                return seq[0].get(attr)
         return None
 
     frames = []

@@ -162,7 +162,7 @@ def test_from_index(tmp_path: Path, cache: PreprocessCache) -> None:
     index.mkdir()
     with open(index / "series.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerows([["series_key", "status", "n_files"], ["s1", "indexed", 1], ["s2", "indexed", 1],
+        w.writerows([["series_key", "status", "n_files"], ["s1", "ok", 1], ["s2", "ok", 1],
                      ["s3", "missing_slice", 1]])
     with open(index / "files.csv", "w", newline="") as fh:
         w = csv.writer(fh)

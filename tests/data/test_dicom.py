@@ -253,3 +253,72 @@ def test_tilted_ct_raises_then_matches_tilt_eq_reference(tmp_path):
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9999
     assert diff.mean() < 1.0
     assert np.percentile(diff, 99) <= 2.0
+
+
+def _enhanced_multiframe(path: Path, vol: np.ndarray, aff: np.ndarray) -> None:
+    """Write ``vol`` as one enhanced multi-frame object (per-frame positions in functional groups)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+    sx, sy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    iop = list(lps[:3, 0] / sx) + list(lps[:3, 1] / sy)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), generate_uid(), "CT", 9
+    ds.Rows, ds.Columns, ds.NumberOfFrames = vol.shape[1], vol.shape[0], vol.shape[2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [sy, sx], float(np.linalg.norm(lps[:3, 2]))
+    po = Dataset()
+    po.ImageOrientationPatient = iop
+    pvt = Dataset()
+    pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = 1, 0, "HU"
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Seq([pm]), Seq([po])
+    shared.PixelValueTransformationSequence = Seq([pvt])
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    frames = []
+    for k in reversed(range(vol.shape[2])):  # frames stored in reverse: order must come from positions
+        f = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = list(lps[:3, :3] @ np.array([0, 0, k]) + lps[:3, 3])
+        f.PlanePositionSequence = Seq([pp])
+        frames.append(f)
+    ds.PerFrameFunctionalGroupsSequence = Seq(frames)
+    ds.PixelData = np.stack([vol[:, :, k].T for k in reversed(range(vol.shape[2]))]).astype("<i2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_enhanced_multiframe(tmp_path):
+    vol, aff = ramp(), make_affine(rot=rotation(0, 12))
+    _enhanced_multiframe(tmp_path / "enhanced.dcm", vol, aff)
+    img = read_dicom_series(tmp_path / "enhanced.dcm")
+    ours = nib.as_closest_canonical(nib.Nifti1Image(img.numpy().astype(np.float64), img.affine.numpy()))
+    ref = nib.as_closest_canonical(nib.Nifti1Image(vol, aff))
+    np.testing.assert_array_equal(ours.get_fdata(), ref.get_fdata())
+    np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-4)
+
+
+def test_size_bomb_refused_before_allocation(tmp_path):
+    files = write_dicom_series(ramp(), make_affine(), tmp_path, file_order="sorted")
+    ds = pydicom.dcmread(files[0])
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 65535, 65535, 1000
+    ds.save_as(files[0])
+    with pytest.raises(MedsslError) as info:
+        read_dicom_series(files[0])
+    assert info.value.reason == Reason.SIZE_LIMIT
+
+
+def test_rgb_is_refused_with_reason(tmp_path):
+    rgb = pydicom.data.get_testdata_file("SC_rgb_rle.dcm")
+    with pytest.raises(MedsslError) as info:
+        read_dicom_series(rgb)
+    assert info.value.reason in (Reason.UNSUPPORTED_PHOTOMETRIC, Reason.MISSING_GEOMETRY)
