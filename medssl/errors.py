@@ -38,6 +38,7 @@ class Reason(str, Enum):
     INCONSISTENT_TIMEPOINTS = "inconsistent_timepoints"
     AMBIGUOUS_SERIES = "ambiguous_series"
     EMPTY_SERIES = "empty_series"
+    LOCALIZER = "localizer"  # a scout/localizer stack: valid DICOM, but not a training volume
     # NIfTI
     BAD_NIFTI_HEADER = "bad_nifti_header"
     NON_ORTHONORMAL_AFFINE = "non_orthonormal_affine"

@@ -14,7 +14,7 @@ import torch
 from monai.data import MetaTensor
 from safetensors import safe_open
 
-import medssl.data.cache as cache_mod
+import medssl.data.hashing as hashing_mod
 from medssl.data.cache import CACHE_FORMAT_VERSION, PreprocessCache, PreprocessPlan, content_hash
 from medssl.data.loading import load_volume
 
@@ -77,10 +77,10 @@ def test_content_change_with_restored_mtime_and_size_is_not_reused(tmp_path: Pat
 def test_memo_skips_rehash_but_stat_change_forces_it(tmp_path: Path, vol: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """With the racy window off the memo is used; size/mtime/ctime changes force a re-hash of the bytes."""
-    monkeypatch.setattr(cache_mod, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(hashing_mod, "RACY_WINDOW_NS", 0)
     hashed: list[Path] = []
-    real = cache_mod._hash_file
-    monkeypatch.setattr(cache_mod, "_hash_file", lambda p: hashed.append(p) or real(p))
+    real = hashing_mod._hash_file
+    monkeypatch.setattr(hashing_mod, "_hash_file", lambda p: hashed.append(p) or real(p))
     cache = PreprocessCache(tmp_path / "c", PreprocessPlan())
     cache.get(vol)
     cache.get(vol)
@@ -102,7 +102,7 @@ def test_memo_skips_rehash_but_stat_change_forces_it(tmp_path: Path, vol: Path,
 
 
 def test_trust_stat_false_always_hashes(tmp_path: Path, vol: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_mod, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(hashing_mod, "RACY_WINDOW_NS", 0)
     cache = PreprocessCache(tmp_path / "c", PreprocessPlan(), trust_stat=False)
     cache.get(vol)
     cache.get(vol)

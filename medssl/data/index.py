@@ -1,0 +1,450 @@
+"""Archive crawler: one pass over a folder tree -> reason-coded manifests of every file and every usable volume.
+
+:func:`build_index` writes into ``out_dir``:
+
+- ``files.csv``: every path found under the archive exactly once — ``path`` (relative, POSIX), ``size``, ``status``
+  (``indexed`` | ``skipped``), ``reason`` (a :class:`~medssl.errors.Reason` code, empty when indexed) and
+  ``series_key`` (empty for files skipped before grouping; filled for localizers and files of rejected stacks).
+- ``series.csv``: usable volumes only (``ok``, or ``ok_with_warnings`` when tilt/uneven resampling was opted in),
+  described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
+- ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
+  settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers keyed by path, reused while a
+  file's ``(size, mtime_ns)`` is unchanged).
+
+Privacy: series keys are salted hashes (:meth:`Stack.public_key`); no names, IDs, dates, accession numbers or UIDs are
+written, and the cache stores Series/Study/SOP Instance UIDs only as salted hashes (grouping needs equality only).
+The one exception is ``files.csv``'s ``path`` column: the archive's own relative paths, which a user needs to find a
+file. If the archive's folder names carry identifiers (e.g. patient names), so does ``files.csv``: share it as you
+would share the archive's directory listing.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import stat
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+from pydicom.uid import UID
+
+from medssl import __version__
+from medssl.data.deid import hash_identifier, load_or_create_salt
+from medssl.data.dicom_header import DicomHeader, read_header
+from medssl.data.geometry import FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
+from medssl.data.series import Stack, group_headers
+from medssl.errors import DicomFileError, DicomSeriesError, Reason
+
+FILES_COLUMNS = ("path", "size", "status", "reason", "series_key")
+SERIES_COLUMNS = ("series_key", "modality", "body_part", "manufacturer", "rows", "columns", "n_slices",
+                  "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status")
+REJECTED_COLUMNS = ("series_key", "reason", "n_files", "message")
+CACHE_FILE = ".headers.json"
+CACHE_FORMAT = 1
+_INT_COLUMNS = {"size", "rows", "columns", "n_slices", "n_timepoints", "n_files"}
+_UID_FIELDS = ("series_uid", "study_uid", "sop_instance_uid")
+_HEADER_FIELDS = [f.name for f in fields(DicomHeader) if f.name != "path"]
+#: File-level reasons that depend on the environment, not the content: never cached, retried on every run.
+_TRANSIENT = {Reason.PERMISSION_DENIED.value, Reason.UNREADABLE.value}
+
+
+@dataclass
+class IndexResult:
+    """What :func:`build_index` did. ``series`` holds the rows of ``series.csv`` (typed)."""
+
+    archive: Path
+    out_dir: Path
+    seen: int
+    indexed: int
+    skipped: int
+    reason_counts: dict[str, int]
+    series: list[dict]
+    rejected: list[dict]
+    headers_read: int
+    headers_reused: int
+    elapsed_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def files_csv(self) -> Path:
+        return self.out_dir / "files.csv"
+
+    @property
+    def series_csv(self) -> Path:
+        return self.out_dir / "series.csv"
+
+    @property
+    def rejected_csv(self) -> Path:
+        return self.out_dir / "rejected_series.csv"
+
+    @property
+    def index_json(self) -> Path:
+        return self.out_dir / "index.json"
+
+    def summary(self) -> str:
+        """One line for the CLI, including the accounting identity."""
+        reasons = ", ".join(f"{k} {v}" for k, v in self.reason_counts.items()) or "none"
+        return (f"seen {self.seen} = indexed {self.indexed} + skipped {self.skipped} ({reasons}); "
+                f"{len(self.series)} series, {len(self.rejected)} rejected; headers read {self.headers_read}, "
+                f"reused {self.headers_reused}; {self.elapsed_s:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------------- crawl
+@dataclass(frozen=True)
+class Found:
+    """One path under the archive; ``reason`` is set when the walk itself rules it out (loop, broken link ...)."""
+
+    rel: str
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+    reason: str = ""
+
+
+def _stat_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return Reason.SYMLINK_LOOP.value
+    return Reason.PERMISSION_DENIED.value if isinstance(exc, PermissionError) else Reason.UNREADABLE.value
+
+
+def crawl(archive: Path, exclude: Path | None = None) -> list[Found]:
+    """Every path under ``archive`` once, sorted by relative path; iterative (no recursion).
+
+    Each directory is entered at most once, by ``(st_dev, st_ino)``. Real directories are walked before symlinked
+    ones, so a symlink to a directory already seen (its parent: a loop; or elsewhere in the tree) becomes one
+    ``symlink_loop`` row instead of a second copy. Broken links are ``unreadable``; unreadable directories one
+    ``permission_denied`` row; fifos, sockets and devices ``unreadable`` (never opened). ``exclude`` (the index's own
+    output folder, when it lies inside the archive) is left out silently.
+    """
+    root = os.stat(archive)
+    visited = {(root.st_dev, root.st_ino)}
+    if exclude is not None and exclude.is_dir():
+        ex = os.stat(exclude)
+        visited.add((ex.st_dev, ex.st_ino))
+        excluded = {(ex.st_dev, ex.st_ino)}
+    else:
+        excluded = set()
+    queue: deque = deque([(str(archive), "")])
+    linked: deque = deque()
+    found: list[Found] = []
+    while queue or linked:
+        if queue:
+            path, rel = queue.popleft()
+        else:
+            path, rel, key = linked.popleft()
+            if key in visited:
+                if key not in excluded:
+                    found.append(Found(rel, path, reason=Reason.SYMLINK_LOOP.value))
+                continue
+            visited.add(key)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            found.append(Found(rel or ".", path, reason=_stat_reason(exc)))
+            continue
+        for entry in entries:
+            erel = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = os.stat(entry.path) if entry.is_symlink() else entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                found.append(Found(erel, entry.path, reason=_stat_reason(exc)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if entry.is_symlink():
+                    linked.append((entry.path, erel, key))
+                elif key not in visited:
+                    visited.add(key)
+                    queue.append((entry.path, erel))
+                elif key not in excluded:
+                    found.append(Found(erel, entry.path, reason=Reason.SYMLINK_LOOP.value))
+            elif stat.S_ISREG(st.st_mode):
+                found.append(Found(erel, entry.path, st.st_size, st.st_mtime_ns))
+            else:
+                found.append(Found(erel, entry.path, reason=Reason.UNREADABLE.value))
+    found.sort(key=lambda f: f.rel)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------- headers
+def _plain(value):
+    """A header value as JSON-able Python (pydicom DS/IS/MultiValue and numpy scalars unwrapped)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__"):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _header_record(header: DicomHeader, salt: str) -> dict:
+    """Header -> JSON record without the path, identifying UIDs replaced by salted hashes."""
+    rec = {name: _plain(getattr(header, name)) for name in _HEADER_FIELDS}
+    for name in _UID_FIELDS:
+        rec[name] = hash_identifier(rec[name], salt) if rec[name] else ""
+    return rec
+
+
+def _header_from_record(rec: dict, path: str) -> DicomHeader:
+    return DicomHeader(path=path, **{k: _tuples(v) for k, v in rec.items()})
+
+
+def _read_chunk(items: list[tuple[str, str]], salt: str) -> list[tuple[str, dict | None, str]]:
+    """Worker: ``(rel, path)`` -> ``(rel, record or None, reason)``. Never raises for a bad file."""
+    out = []
+    for rel, path in items:
+        try:
+            out.append((rel, _header_record(read_header(path), salt), ""))
+        except DicomFileError as exc:
+            out.append((rel, None, exc.reason.value))
+        except Exception:  # noqa: BLE001 - a malformed header must cost one row, not the whole crawl
+            out.append((rel, None, Reason.UNREADABLE.value))
+    return out
+
+
+def _read_all(items: list[tuple[str, str]], salt: str, workers: int, show: bool) -> dict[str, tuple]:
+    """Read headers in chunks (a process pool when ``workers > 1``) behind a rich progress bar."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    results: dict[str, tuple] = {}
+    size = max(1, min(256, -(-len(items) // max(1, workers * 4))))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    columns = (TextColumn("reading headers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not show) as bar:
+        task = bar.add_task("headers", total=len(items))
+        if workers <= 1 or len(chunks) < 2:
+            for chunk in chunks:
+                results.update((rel, (rec, reason)) for rel, rec, reason in _read_chunk(chunk, salt))
+                bar.advance(task, len(chunk))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = {pool.submit(_read_chunk, chunk, salt): len(chunk) for chunk in chunks}
+                for fut in as_completed(futures):
+                    results.update((rel, (rec, reason)) for rel, rec, reason in fut.result())
+                    bar.advance(task, futures[fut])
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------- cache
+def _cache_stamp(archive: Path, salt: str) -> dict:
+    """What a cache must match to be reused: format, medssl version, header fields, archive and salt."""
+    return {"format": CACHE_FORMAT, "version": __version__, "fields": _HEADER_FIELDS, "archive": str(archive),
+            "salt_check": hash_identifier("medssl-header-cache", salt)}
+
+
+def _load_cache(out_dir: Path, stamp: dict) -> dict:
+    try:
+        data = json.loads((out_dir / CACHE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or any(data.get(k) != v for k, v in stamp.items()):
+        return {}
+    return data.get("files", {})
+
+
+# ------------------------------------------------------------------------------------------------------ stacks
+@lru_cache(maxsize=None)
+def _decodable(transfer_syntax: str) -> bool:
+    """Whether pydicom has an available pixel decoder for the transfer syntax (plugins installed)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(transfer_syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def _series_row(key: str, stack: Stack, geom: StackGeometry) -> dict:
+    h = stack.first
+    return {"series_key": key, "modality": h.modality, "body_part": h.body_part, "manufacturer": h.manufacturer,
+            "rows": geom.rows, "columns": geom.columns, "n_slices": geom.n_slices,
+            "n_timepoints": geom.n_timepoints, "shape": "x".join(str(s) for s in geom.shape),
+            "spacing": "x".join(_fmt(s) for s in geom.spacing), "n_files": len(stack.headers),
+            "is_mosaic": h.is_mosaic, "status": "ok_with_warnings" if geom.warnings else "ok"}
+
+
+def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict):
+    """Stacks -> (per-path (status, reason, key), series rows, rejected rows)."""
+    placed: dict[str, tuple[str, str, str]] = {}
+    series, rejected = [], []
+    for stack in stacks:
+        key = stack.public_key(salt)
+        if stack.first.is_localizer:
+            placed.update((h.path, ("skipped", Reason.LOCALIZER.value, key)) for h in stack.headers)
+            continue
+        try:
+            bad = sorted({h.transfer_syntax for h in stack.headers if not _decodable(h.transfer_syntax)})
+            if bad:
+                names = ", ".join(UID(ts).name or ts for ts in bad)
+                raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no pixel decoder available for {names}")
+            geom = plan_stack(stack.headers, **policy)
+        except DicomSeriesError as exc:
+            message = exc.detail.replace(str(archive), "<archive>")
+            rejected.append({"series_key": key, "reason": exc.reason.value, "n_files": len(stack.headers),
+                             "message": message})
+            placed.update((h.path, ("skipped", exc.reason.value, key)) for h in stack.headers)
+            continue
+        series.append(_series_row(key, stack, geom))
+        placed.update((h.path, ("indexed", "", key)) for h in stack.headers)
+    return placed, series, rejected
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _csv_text(columns: tuple[str, ...], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (str(v).lower() if isinstance(v, bool) else v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
+def _typed(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        out[k] = int(v) if k in _INT_COLUMNS and v != "" else (v == "true") if k == "is_mosaic" else v
+    return out
+
+
+def _lookup(found: list[Found], cache: dict) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
+    """Cached ``rel -> (record or None, reason)`` for files whose (size, mtime_ns) is unchanged; the rest to read."""
+    records, todo = {}, []
+    for f in found:
+        if f.reason:
+            continue
+        hit = cache.get(f.rel)
+        if (isinstance(hit, dict) and hit.get("size") == f.size and hit.get("mtime_ns") == f.mtime_ns
+                and (hit.get("reason") or set(hit.get("header") or ()) == set(_HEADER_FIELDS))):
+            records[f.rel] = (hit.get("header"), hit.get("reason", ""))
+        else:
+            todo.append((f.rel, f.path))
+    return records, todo
+
+
+def _cache_entries(found: list[Found], records: dict[str, tuple]) -> dict[str, dict]:
+    """Cache content: headers and content-determined skip reasons of the files that exist now."""
+    entries = {}
+    for f in found:
+        rec, reason = records.get(f.rel, (None, ""))
+        if rec is not None:
+            entries[f.rel] = {"size": f.size, "mtime_ns": f.mtime_ns, "header": rec}
+        elif reason and not f.reason and reason not in _TRANSIENT:
+            entries[f.rel] = {"size": f.size, "mtime_ns": f.mtime_ns, "reason": reason}
+    return entries
+
+
+def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPolicy = "error",
+                uneven: UnevenPolicy = "error", fourd: FourDPolicy = "stack", progress: bool = True,
+                reuse: bool = True) -> IndexResult:
+    """Crawl ``archive``, read every file's header, validate every stack, and write the manifests to ``out_dir``."""
+    t0 = time.perf_counter()
+    archive, out_dir = Path(archive).resolve(), Path(out_dir).resolve()
+    if not archive.is_dir():
+        raise NotADirectoryError(f"archive is not a directory: {archive}")
+    for name, value, allowed in (("tilt", tilt, ("error", "correct")), ("uneven", uneven, ("error", "resample")),
+                                 ("fourd", fourd, ("stack", "split", "error"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    salt = load_or_create_salt(out_dir)
+    timings: dict[str, float] = {}
+
+    found = crawl(archive, exclude=out_dir)
+    timings["crawl_s"] = time.perf_counter() - t0
+    stamp = _cache_stamp(archive, salt)
+    records, todo = _lookup(found, _load_cache(out_dir, stamp) if reuse else {})
+    t1 = time.perf_counter()
+    records.update(_read_all(todo, salt, workers, progress and sys.stderr.isatty()))
+    timings["read_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    headers = [_header_from_record(rec, f.path) for f in found if (rec := records.get(f.rel, (None,))[0])]
+    policy = {"tilt": tilt, "uneven": uneven, "fourd": fourd}
+    placed, series, rejected = _assess(group_headers(headers), salt, archive, policy)
+    timings["assess_s"] = time.perf_counter() - t2
+
+    rows = []
+    for f in found:
+        rec, reason = records.get(f.rel, (None, f.reason))
+        status, reason, key = placed[f.path] if rec else ("skipped", reason, "")
+        rows.append({"path": f.rel, "size": f.size, "status": status, "reason": reason, "series_key": key})
+    seen, indexed = len(found), sum(r["status"] == "indexed" for r in rows)
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    if seen != indexed + skipped or len({r["path"] for r in rows}) != seen or any(
+            r["status"] == "skipped" and not r["reason"] for r in rows):
+        raise AssertionError(f"index accounting broken: seen {seen} != indexed {indexed} + skipped {skipped}")
+    reason_counts = dict(sorted(Counter(r["reason"] for r in rows if r["status"] == "skipped").items()))
+
+    t3 = time.perf_counter()
+    _atomic_write(out_dir / "files.csv", _csv_text(FILES_COLUMNS, rows))
+    _atomic_write(out_dir / "series.csv", _csv_text(SERIES_COLUMNS, series))
+    _atomic_write(out_dir / "rejected_series.csv", _csv_text(REJECTED_COLUMNS, rejected))
+    _atomic_write(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records)},
+                                                   separators=(",", ":")))
+    timings["write_s"] = time.perf_counter() - t3
+    elapsed = time.perf_counter() - t0
+    timings["total_s"] = elapsed
+    result = IndexResult(archive=archive, out_dir=out_dir, seen=seen, indexed=indexed, skipped=skipped,
+                         reason_counts=reason_counts, series=series, rejected=rejected, headers_read=len(todo),
+                         headers_reused=len(found) - len(todo) - sum(bool(f.reason) for f in found),
+                         elapsed_s=elapsed, timings={k: round(v, 4) for k, v in timings.items()})
+    summary = {
+        "medssl_version": __version__, "archive": str(archive),
+        "counts": {"seen": seen, "indexed": indexed, "skipped": skipped, "n_series": len(series),
+                   "n_rejected_series": len(rejected), "headers_read": result.headers_read,
+                   "headers_reused": result.headers_reused},
+        "reason_counts": reason_counts,
+        "settings": {**policy, "workers": workers, "reuse": reuse},
+        "timings": result.timings,
+    }
+    _atomic_write(out_dir / "index.json", json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def load_index(index_dir: Path) -> tuple[list[dict], list[dict]]:
+    """``(files rows, series rows)`` of an index folder, with integer and boolean columns typed."""
+    def read(name: str) -> list[dict]:
+        with open(Path(index_dir) / name, newline="", encoding="utf-8") as fh:
+            return [_typed(r) for r in csv.DictReader(fh)]
+
+    return read("files.csv"), read("series.csv")
+
+
+def series_files(index_dir: Path, archive_root: Path) -> dict[str, list[Path]]:
+    """Usable series -> their files (absolute, under ``archive_root``), in series.csv order."""
+    files, series = load_index(index_dir)
+    out: dict[str, list[Path]] = {s["series_key"]: [] for s in series}
+    for row in files:
+        if row["status"] == "indexed" and row["series_key"] in out:
+            out[row["series_key"]].append(Path(archive_root) / row["path"])
+    return out
