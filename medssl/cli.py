@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medssl import __version__
@@ -49,7 +50,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     table.add_column("indexed", justify="right")
     table.add_column("skipped", justify="right")
     table.add_column("volumes", justify="right")
-    table.add_row(str(result.seen), str(result.indexed), str(result.skipped), str(result.n_series))
+    table.add_row(str(result.seen), str(result.indexed), str(result.skipped), str(len(result.series)))
     console.print(table)
     if result.reason_counts:
         reasons = Table(title="skipped files by reason")
@@ -58,8 +59,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         for reason, count in sorted(result.reason_counts.items(), key=lambda kv: -kv[1]):
             reasons.add_row(reason, str(count))
         console.print(reasons)
-    console.print(f"seen = indexed + skipped: {result.seen} = {result.indexed} + {result.skipped}  "
-                  f"({result.elapsed:.2f} s, {result.headers_read} headers read)")
+    console.print(escape(result.summary()))
     console.print(f"wrote {Path(args.out) / 'series.csv'} and {Path(args.out) / 'files.csv'}")
     return 0
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedsslError as exc:
-        console.print(f"[red]error[/] {exc}")
+        console.print(f"[red]error[/] {escape(str(exc))}")
         return DATA_ERROR
 
 
