@@ -63,3 +63,19 @@ def test_dataset_from_real_index(archive):
     assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
     slices = ScanDataset.from_index(index, archive / "demo" / "dicom", cache, spatial_dims=2)
     assert len(slices) > 3 and slices[0]["image"].ndim == 3
+
+
+@pytest.mark.realdata
+def test_dataset_reads_series_accepted_under_opt_in_policy(tmp_path):
+    """The tilted CT is indexed only with --tilt correct --uneven resample; the dataset must read it the same way."""
+    from tests.conftest import require_shared
+
+    ct = require_shared("dicom", "dcm_qa_ct", "In")
+    assert main(["index", str(ct), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    with open(tmp_path / "idx" / "series.csv") as fh:
+        assert list(csv.DictReader(fh)) == []  # strict: rejected
+    assert main(["index", str(ct), "--out", str(tmp_path / "idx2"), "--quiet", "--tilt", "correct",
+                 "--uneven", "resample"]) == 0
+    cache = PreprocessCache(tmp_path / "cache", PreprocessPlan(target_spacing=(4.0, 4.0, 4.0), intensity="ct_window"))
+    ds = ScanDataset.from_index(tmp_path / "idx2", ct, cache, spatial_dims=3)
+    assert len(ds) == 1 and ds[0]["image"].shape[0] == 1

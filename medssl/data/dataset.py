@@ -16,6 +16,8 @@ same whatever the worker that loads it, and :meth:`ScanDataset.set_epoch` gives 
 from __future__ import annotations
 
 import csv
+from functools import partial
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
@@ -100,6 +102,14 @@ class ScanDataset(Dataset):
                 if r["status"] == "indexed" and r["series_key"] in wanted:
                     files[r["series_key"]].append(archive_root / r["path"])
         keys = [k for k in keys if files[k]]
+        policy = _index_policy(index_dir)
+        if policy and cache.loader is None:
+            # series the crawler accepted only under an opt-in policy (tilt correction, resampling) must be read
+            # with the same policy, or the strict default reader would reject them
+            from medssl.data.loading import load_volume
+
+            cache = PreprocessCache(cache.root, cache.plan, loader=partial(load_volume, **policy),
+                                    trust_stat=cache.trust_stat)
         sources: list[Source] = []
         for k in keys:
             paths = sorted(files[k], key=str)
@@ -200,3 +210,13 @@ def plane_affine(affine: torch.Tensor, slice_axis: int) -> torch.Tensor:
     out[:2, :2] = affine[rows][:, cols]
     out[:2, 2] = affine[rows, 3]
     return out
+
+
+def _index_policy(index_dir: Path) -> dict[str, str]:
+    """Non-default reader options the crawler used (from ``index.json``), e.g. ``{"tilt": "correct"}``."""
+    info = index_dir / "index.json"
+    if not info.is_file():
+        return {}
+    settings = json.loads(info.read_text()).get("settings", {})
+    defaults = {"tilt": "error", "uneven": "error", "fourd": "stack"}
+    return {k: settings[k] for k in defaults if k in settings and settings[k] != defaults[k]}
