@@ -5,11 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 if ! "$PY" -c "import torch" 2>/dev/null; then
-    # 1) a pre-downloaded CPU wheel (pip find-links / wheelhouse), no network
-    # 2) the official CPU-only index
-    # 3) whatever the default index has (large CUDA build)
-    "$PY" -m pip install --no-index "torch==2.13.0" 2>/dev/null \
-        || "$PY" -m pip install --timeout 30 torch --index-url https://download.pytorch.org/whl/cpu \
-        || "$PY" -m pip install torch
+    wheels=$(mktemp -d)
+    if "$PY" -m pip download --quiet --no-deps --no-index -d "$wheels" torch 2>/dev/null; then
+        # a pre-downloaded (CPU) wheel in pip's find-links / wheelhouse: pin its version so pip takes it
+        version=$(ls "$wheels" | sed -n 's/^torch-\([0-9.]*\).*/\1/p' | head -n 1)
+        "$PY" -m pip install "torch==${version}"
+    else
+        # the official CPU-only index (PyPI still serves the dependencies); last resort: the default index
+        "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu \
+            --extra-index-url https://pypi.org/simple || "$PY" -m pip install torch
+    fi
+    rm -rf "$wheels"
 fi
 "$PY" -m pip install -e ".[dev]"
