@@ -310,7 +310,9 @@ def _parse(path: Path):
     if overrun and not deflated:  # (a deflated body is parsed from memory, so file offsets do not apply)
         raise DicomFileError(Reason.TRUNCATED, f"element ({overrun[0]:08X}) runs past the end of the file", [path])
     pixel_at = None
-    if found and found[0][0] == 0x7FE00010 and found[0][2] != 0xFFFFFFFF:
+    meta = getattr(ds, "file_meta", None)
+    deflated = str(getattr(meta, "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99"  # offsets are post-inflate
+    if found and found[0][0] == 0x7FE00010 and found[0][2] != 0xFFFFFFFF and not deflated:
         implicit = getattr(ds, "original_encoding", (False, True))[0]
         header_len = 8 if implicit or found[0][1] not in ("OB", "OW", "OF", "OD", "OL", "UN", "OV") else 12
         pixel_at = (element_start + header_len, int(found[0][2]))
