@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Sequence, Union
 
+from medssl.data.atomic import atomic_write as _atomic_write
 from medssl.errors import MedsslError, Reason
 
 #: Files changed this recently (mtime or ctime) are re-hashed instead of memoised (timestamp granularity).
@@ -87,16 +87,3 @@ def content_hash(source: Source, memo_dir: PathLike | None = None) -> str:
     if memo is not None and _stat_key(files)[0] == key:  # unchanged while we were reading it
         _atomic_write(memo, lambda tmp: Path(tmp).write_text(json.dumps({"content_hash": digest})))
     return digest
-
-
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Write via a temp file in the same folder, then ``os.replace`` (atomic on POSIX and Windows)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from pathlib import Path
 from pydicom.uid import UID
 
 from medssl import __version__
+from medssl.data.atomic import atomic_write_text
 from medssl.data.crawl import Found, crawl
 from medssl.data.deid import hash_identifier, load_or_create_salt
 from medssl.data.dicom_header import DicomHeader, read_header
@@ -233,15 +233,6 @@ def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict):
 
 
 # ------------------------------------------------------------------------------------------------------ output
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _csv_text(columns: tuple[str, ...], rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -327,10 +318,10 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
     reason_counts = dict(sorted(Counter(r["reason"] for r in rows if r["status"] == "skipped").items()))
 
     t3 = time.perf_counter()
-    _atomic_write(out_dir / "files.csv", _csv_text(FILES_COLUMNS, rows))
-    _atomic_write(out_dir / "series.csv", _csv_text(SERIES_COLUMNS, series))
-    _atomic_write(out_dir / "rejected_series.csv", _csv_text(REJECTED_COLUMNS, rejected))
-    _atomic_write(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records)},
+    atomic_write_text(out_dir / "files.csv", _csv_text(FILES_COLUMNS, rows))
+    atomic_write_text(out_dir / "series.csv", _csv_text(SERIES_COLUMNS, series))
+    atomic_write_text(out_dir / "rejected_series.csv", _csv_text(REJECTED_COLUMNS, rejected))
+    atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records)},
                                                    separators=(",", ":")))
     timings["write_s"] = time.perf_counter() - t3
     elapsed = time.perf_counter() - t0
@@ -348,7 +339,7 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
         "settings": {**policy, "workers": workers, "reuse": reuse},
         "timings": result.timings,
     }
-    _atomic_write(out_dir / "index.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "index.json", json.dumps(summary, indent=2) + "\n")
     return result
 
 

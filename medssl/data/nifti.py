@@ -7,7 +7,6 @@ stable :class:`Reason`. :class:`NiftiReader` plugs the same reader into ``monai.
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ from monai.data.utils import is_supported_format
 from monai.utils import ensure_tuple
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
+from medssl.data.atomic import atomic_write
 from medssl.errors import NiftiError, Reason
 
 __all__ = ["read_nifti", "write_nifti", "check_same_grid", "NiftiReader", "affine_spacing"]
@@ -227,17 +227,8 @@ def write_nifti(
     img.set_sform(aff, code=1)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_slope_inter(slope, inter)  # explicit: nibabel then writes the raw values unscaled
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=suffix)
 
 
 class NiftiReader(ImageReader):

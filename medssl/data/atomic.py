@@ -1,0 +1,37 @@
+"""Atomic file replacement: write to a temp file in the same folder, fsync, then ``os.replace``.
+
+A crash or a concurrent writer never leaves a half-written manifest, cache entry or image behind: readers see the
+old file or the complete new one. Used by the index, the cache, the hash memo and the NIfTI writer.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp_path)`` then atomically move the result to ``path``. ``suffix`` lets writers that infer the
+    format from the name (``.nii.gz``) see the right extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+
+    return atomic_write(path, write)
