@@ -333,6 +333,21 @@ def machine() -> dict:
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def code_state() -> dict:
+    """The commit measured and which files under medssl/ differed from it (read-only git queries)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+            return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [ln[3:] for ln in git("status", "--porcelain", "--", "medssl").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_medssl_files": changed}
+
+
 def _busy_cpu_s() -> float:
     """CPU seconds all processes on the machine spent so far (``/proc/stat``), or 0 where unavailable."""
     try:
@@ -391,7 +406,9 @@ def markdown(report: dict) -> str:
               (f"- other processes used {m['contention']['other_processes_cpu_s']} CPU-s during the "
               f"{m['contention']['wall_s']} s run (on average {m['contention']['other_processes_cores']} of "
               f"{m['cores']} cores busy with other work)"),
-              f"- settings: {json.dumps(report['settings'])}", ""]
+              f"- settings: {json.dumps(report['settings'])}",
+              (f"- code: commit {report['code']['commit']}, uncommitted changes under medssl/: "
+               f"{', '.join(report['code']['uncommitted_medssl_files']) or 'none'}"), ""]
     return "\n".join(lines)
 
 
@@ -465,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"real data not found under {args.shared_data}/dicom: real workload skipped", file=sys.stderr)
         workloads = []
     workloads.append(generated)
-    report = {"benchmark": "ingest", "machine": info,
+    report = {"benchmark": "ingest", "machine": info, "code": code_state(),
               "settings": {"repeats": args.repeats, "files": args.files, "size": args.size, "slices": args.slices,
                            "quick": args.quick, "policy": POLICY, "sitk_threads_per_process": 1,
                            "warmup": "one untimed read of every file + one untimed series per tool; best of repeats"},
