@@ -35,8 +35,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     from medssl.data.phantoms import generate_phantoms
 
     info = generate_phantoms(args.out, n=args.n, seed=args.seed, shape=tuple(args.shape))
-    n_cases = len(info.get("cases", info)) if isinstance(info, dict) else args.n
-    console.print(f"wrote {n_cases} phantom cases to [bold]{args.out}[/] (DICOM under dicom/, NIfTI under nifti/)")
+    console.print(f"wrote {len(info['cases'])} phantom cases to [bold]{args.out}[/] (DICOM under dicom/, NIfTI under nifti/)")
     return 0
 
 

@@ -17,7 +17,7 @@ import pydicom
 
 from medssl.data.deid import new_salt
 from medssl.data.dicom_header import DEFAULT_MAX_VOXELS, DicomHeader, read_header
-from medssl.data.geometry import FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
+from medssl.data.geometry import TILT_TOL_DEG, FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
 from medssl.data.mosaic import split_mosaic
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, MedsslError, Reason
@@ -227,7 +227,7 @@ def read_dicom_volume(
         raise DicomSeriesError(Reason.SIZE_LIMIT, f"stack has {voxels} voxels (limit {max_voxels})", geom.files)
     volume = load_pixels(geom)
     affine = geom.affine_ras
-    if geom.tilt_deg > 0.1 or geom.uneven:
+    if geom.tilt_deg > TILT_TOL_DEG or geom.uneven:
         from medssl.data.resample import regularise
 
         volume, affine = regularise(volume)

@@ -17,17 +17,17 @@ import numpy as np
 from scipy import ndimage
 
 from medssl.data.dicom import DicomVolume
-from medssl.data.geometry import GAP_ATOL, GAP_RTOL, lps_to_ras
+from medssl.data.geometry import lps_to_ras
 
 
-def equal_spacing_plan(distances: np.ndarray) -> tuple[int, float]:
-    """(number of planes, spacing) for slices at ascending ``distances`` (mm along the normal)."""
+def equal_spacing_plan(distances: np.ndarray, uneven: bool) -> tuple[int, float]:
+    """(number of planes, spacing) for slices at ascending ``distances`` (mm along the normal); ``uneven`` is the
+    verdict of :func:`medssl.data.geometry.plan_stack` (even stacks keep their slice count)."""
     rel = np.asarray(distances, dtype=np.float64) - distances[0]
     n = len(rel)
-    gaps = np.diff(rel)
-    median = float(np.median(gaps))
-    if np.max(np.abs(gaps - median)) <= max(GAP_ATOL, GAP_RTOL * median):
+    if not uneven:
         return n, float(rel[-1] / (n - 1))
+    gaps = np.diff(rel)
     # planes never coarser than the finest original gap, first and last planes on the end slices; capped at
     # twice the slice count (dcm2niix's cap) so a single tiny gap cannot explode memory
     count = int(math.ceil(rel[-1] / float(np.min(gaps[gaps > 0])) - 1e-6)) + 1
@@ -55,7 +55,8 @@ def _interpolate_planes(stack: np.ndarray, rel: np.ndarray, count: int, step: fl
 def regularise(volume: DicomVolume) -> tuple[DicomVolume, np.ndarray]:
     """Shear-correct and equalise a stack; returns the new volume (values already rescaled) and its RAS affine."""
     geom = volume.geometry
-    values = volume.values().astype(np.float64)
+    source = volume.values()
+    values = source.astype(np.float64)
     if values.ndim == 3:
         values = values[..., None]
     row_dir, col_dir = geom.orientation[:3], geom.orientation[3:]
@@ -80,11 +81,10 @@ def regularise(volume: DicomVolume) -> tuple[DicomVolume, np.ndarray]:
             else:
                 sheared[:, :, k, t] = ndimage.shift(canvas, move, order=1, mode="constant", cval=fill)
     rel = geom.distances - geom.distances[0]
-    count, step = equal_spacing_plan(geom.distances)
+    count, step = equal_spacing_plan(geom.distances, geom.uneven)
     out = np.stack([_interpolate_planes(sheared[..., t], rel, count, step) for t in range(sheared.shape[3])], -1)
     if out.shape[-1] == 1:
         out = out[..., 0]
-    source = volume.values()
     if np.issubdtype(source.dtype, np.integer):
         info = np.iinfo(source.dtype)
         out = np.clip(np.round(out), info.min, info.max).astype(source.dtype)
