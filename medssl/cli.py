@@ -120,12 +120,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="index folder whose salt is used for series keys (as in series.csv)")
     _add_policy(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("pretrain", add_help=False,
+                       help="self-supervised pretraining from a YAML config (LightningCLI; see --help)")
+    p.add_argument("cli_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_pretrain)
     return parser
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Hand everything after ``pretrain`` to the LightningCLI (``--config``, ``--trainer.*``, ``--model.*`` ...)."""
+    from medssl.training.cli import main as pretrain_main
+
+    summary = pretrain_main(args.cli_args)
+    console.print(f"pretraining done: {summary['global_step']} steps in {summary['wall_s']} s; val loss "
+                  f"{_fmt(summary['val_loss_before'])} -> {_fmt(summary['val_loss_after'])}; encoder card "
+                  f"{escape(summary['encoder_card'])}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain"]:  # argparse would swallow --help/--config meant for the LightningCLI
+        args = argparse.Namespace(func=cmd_pretrain, cli_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except MedsslError as exc:

@@ -45,6 +45,10 @@ class Reason(str, Enum):
     SHAPE_MISMATCH = "shape_mismatch"
     # cache
     CACHE_CORRUPT = "cache_corrupt"
+    # training and transfer
+    NONFINITE_LOSS = "nonfinite_loss"
+    BAD_CONFIG = "bad_config"  # a config contradicts the data or the model (e.g. image size vs ViT img_size)
+    BAD_ENCODER_CARD = "bad_encoder_card"  # an encoder card/weights file that is missing, altered or inconsistent
 
     def __str__(self) -> str:  # so f"{reason}" prints the code
         return self.value

@@ -1,0 +1,188 @@
+"""Where pretraining data comes from: an indexed archive, NIfTI files, phantoms or a MedMNIST file.
+
+A :class:`DataSource` is a small, YAML-configurable object (``class_path`` + ``init_args`` in a config) that builds
+the train and validation datasets for the data module. All sources produce the same item format (a dict with an
+``"image"`` MetaTensor ``(C, *spatial)``); volume sources go through the content-hashed preprocessing cache with the
+source's :class:`~medssl.data.plan.PreprocessPlan`, which is recorded in the exported encoder card.
+
+The validation split holds out whole scans (never slices of a training scan), chosen by a seeded permutation.
+"""
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from medssl.data.cache import PreprocessCache
+from medssl.data.dataset import ScanDataset
+from medssl.data.plan import PreprocessPlan
+
+Transform = Optional[Callable[[dict[str, Any]], dict[str, Any]]]
+
+
+@dataclass
+class DatasetRequest:
+    """What the data module asks of a source."""
+
+    spatial_dims: int
+    patch_size: Optional[Sequence[int]]
+    slice_axis: int
+    seed: int
+    train_transform: Transform
+    val_transform: Transform
+
+
+class DataSource:
+    """Base class: builds ``(train, val)`` datasets and describes itself without patient data."""
+
+    def datasets(self, request: DatasetRequest) -> tuple[Dataset, Optional[Dataset]]:
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing applied to every image (recorded in the encoder card)."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and kinds only: no paths, names, IDs or dates."""
+        raise NotImplementedError
+
+
+def split_scans(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded train/val split of ``n`` scans; at least one training scan, and one validation scan if asked."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction))) if val_fraction > 0 and n > 1 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+class VolumeSource(DataSource):
+    """Shared logic of sources that read volumes through the preprocessing cache.
+
+    Args:
+        plan: preprocessing applied before caching (spacing, orientation, intensity).
+        cache_dir: cache root (content-hashed safetensors entries; safe to share between runs).
+        val_fraction: fraction of scans held out for the validation loss.
+    """
+
+    def __init__(self, plan: PreprocessPlan = PreprocessPlan(), cache_dir: str = ".medssl_cache",
+                 val_fraction: float = 0.1):
+        self.plan = plan
+        self.cache_dir = cache_dir
+        self.val_fraction = val_fraction
+        self._counts: dict[str, int] = {}
+
+    def _scans(self) -> tuple[list[Any], dict[str, Any]]:
+        """Scan sources and reader options (e.g. the index's tilt policy)."""
+        raise NotImplementedError
+
+    def datasets(self, request: DatasetRequest) -> tuple[Dataset, Optional[Dataset]]:
+        scans, loader = self._scans()
+        if not scans:
+            raise ValueError(f"{type(self).__name__} found no scans")
+        cache = PreprocessCache(self.cache_dir, self.plan, loader=loader)
+        train_idx, val_idx = split_scans(len(scans), self.val_fraction, request.seed)
+        common = dict(spatial_dims=request.spatial_dims, patch_size=request.patch_size,
+                      slice_axis=request.slice_axis, seed=request.seed)
+        train = ScanDataset([scans[i] for i in train_idx], cache, transform=request.train_transform, **common)
+        val = (ScanDataset([scans[i] for i in val_idx], cache, transform=request.val_transform, **common)
+               if val_idx else None)
+        self._counts = {"scans": len(scans), "train_scans": len(train_idx), "val_scans": len(val_idx),
+                        "train_items": len(train), "val_items": len(val) if val is not None else 0}
+        return train, val
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"kind": "plan", "plan": self.plan.to_dict(), "fingerprint": self.plan.fingerprint()}
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": type(self).__name__, **self._counts}
+
+
+class ArchiveIndex(VolumeSource):
+    """Series accepted by ``medssl index`` (``index_dir``) of the archive at ``archive_root``, read with the same
+    reader policy the crawler used."""
+
+    def __init__(self, index_dir: str, archive_root: str, plan: PreprocessPlan = PreprocessPlan(),
+                 cache_dir: str = ".medssl_cache", val_fraction: float = 0.1):
+        super().__init__(plan, cache_dir, val_fraction)
+        self.index_dir, self.archive_root = index_dir, archive_root
+
+    def _scans(self) -> tuple[list[Any], Any]:
+        probe = ScanDataset.from_index(self.index_dir, self.archive_root,
+                                       PreprocessCache(self.cache_dir, self.plan), spatial_dims=3)
+        return probe.sources, probe.cache.loader
+
+
+class NiftiFiles(VolumeSource):
+    """NIfTI volumes matching glob ``pattern`` (e.g. ``data/imagesTr/*.nii.gz``), sorted by path. Several
+    ``channels`` patterns (one per sequence, matched file-by-file in sorted order) give multi-channel scans."""
+
+    def __init__(self, pattern: str | list[str], plan: PreprocessPlan = PreprocessPlan(),
+                 cache_dir: str = ".medssl_cache", val_fraction: float = 0.1):
+        super().__init__(plan, cache_dir, val_fraction)
+        self.patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+
+    def _scans(self) -> tuple[list[Any], None]:
+        per_channel = [sorted(glob.glob(p)) for p in self.patterns]
+        counts = {p: len(files) for p, files in zip(self.patterns, per_channel)}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"channel patterns match different numbers of files: {counts}")
+        if len(per_channel) == 1:
+            return [Path(f) for f in per_channel[0]], None
+        return [tuple(Path(f) for f in files) for files in zip(*per_channel)], None
+
+
+class Phantoms(NiftiFiles):
+    """Synthetic CT-like phantoms (written as real NIfTI and DICOM by :mod:`medssl.data.phantoms`), generated into
+    ``root`` on first use: the no-download default for quickstarts and smoke tests."""
+
+    def __init__(self, root: str = "phantoms", n: int = 4, shape: Sequence[int] = (64, 64, 48), seed: int = 0,
+                 plan: PreprocessPlan = PreprocessPlan(intensity="ct_window", window=(-200.0, 300.0)),
+                 cache_dir: str = ".medssl_cache", val_fraction: float = 0.25):
+        super().__init__(str(Path(root) / "nifti" / "imagesTr" / "*_0000.nii.gz"), plan, cache_dir, val_fraction)
+        self.root, self.n, self.shape, self.seed = root, n, tuple(shape), seed
+
+    def _scans(self) -> tuple[list[Any], None]:
+        from medssl.data.phantoms import generate_phantoms
+
+        desc = Path(self.root) / "phantoms.json"
+        current = json.loads(desc.read_text()) if desc.is_file() else None
+        if current is None or (current["n"], current["seed"], tuple(current["cases"][0]["shape"])) != (
+                self.n, self.seed, self.shape):
+            generate_phantoms(self.root, self.n, seed=self.seed, shape=self.shape)
+        return super()._scans()
+
+
+class MedMNIST(DataSource):
+    """A MedMNIST ``.npz`` file (2D or 3D); pretraining uses the train split's images without labels and the
+    official val split for the validation loss. Intensities are scaled from uint8 to [0, 1]."""
+
+    def __init__(self, path: str, max_items: Optional[int] = None):
+        self.path = path
+        self.max_items = max_items
+        self._counts: dict[str, int] = {}
+        self._shape: tuple[int, ...] = ()
+
+    def datasets(self, request: DatasetRequest) -> tuple[Dataset, Optional[Dataset]]:
+        from medssl.data.medmnist import MedMNISTDataset
+
+        subset = None if self.max_items is None else range(self.max_items)
+        train = MedMNISTDataset(self.path, "train", spatial_dims=request.spatial_dims, transform=request.train_transform,
+                                seed=request.seed, with_labels=False, indices=subset)
+        val = MedMNISTDataset(self.path, "val", spatial_dims=request.spatial_dims, transform=request.val_transform,
+                              seed=request.seed, with_labels=False)
+        self._counts = {"train_items": len(train), "val_items": len(val)}
+        self._shape = tuple(train.image_shape)
+        return train, val
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"kind": "medmnist", "intensity": "uint8 / 255 -> [0, 1]", "image_shape": list(self._shape),
+                "spacing": None}
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": "MedMNIST", "file": Path(self.path).name, **self._counts}

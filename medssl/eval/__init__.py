@@ -1,0 +1,1 @@
+"""Evaluation: metrics, figures (reconstruction grids, training curves) and reports."""

@@ -1,0 +1,1 @@
+"""Losses, pure torch: one file per loss family (reconstruction, contrastive, distillation ...)."""

@@ -1,0 +1,29 @@
+"""Models: encoders, heads, patch (un)embedding helpers and encoder export/load.
+
+Encoders follow one protocol: ``encoder(x) -> (B, encoder.feature_dim)`` pooled features, plus
+``encoder.spatial_dims``, ``encoder.in_channels``, ``encoder.forward_features(x)`` and a JSON ``encoder.config``
+from which :func:`build_encoder` rebuilds the architecture. Their ``state_dict`` keys match MONAI's networks
+(``ViT`` / ``UNETR.vit``, ``SegResNet``) so pretrained weights load into MONAI segmenters.
+
+* :class:`ViTEncoder` (``vit.py``) and :class:`SegResNetEncoder` (``cnn.py``): encoders.
+* :class:`MaskedAutoencoder` (``mae.py``) and :class:`SimMIM` (``simmim.py``): masked-modelling wrappers.
+* ``registry.py``: :data:`ENCODERS`, :func:`build_encoder`, :func:`encoder_spec`.
+"""
+from __future__ import annotations
+
+from medssl.models.cnn import SegResNetEncoder
+from medssl.models.mae import MaskedAutoencoder, sincos_position_embedding
+from medssl.models.registry import ENCODERS, build_encoder, encoder_spec
+from medssl.models.simmim import SimMIM
+from medssl.models.vit import ViTEncoder
+
+__all__ = [
+    "ENCODERS",
+    "MaskedAutoencoder",
+    "SegResNetEncoder",
+    "SimMIM",
+    "ViTEncoder",
+    "build_encoder",
+    "encoder_spec",
+    "sincos_position_embedding",
+]

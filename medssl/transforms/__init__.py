@@ -1,0 +1,1 @@
+"""Transforms: views for contrastive methods, masking for masked image modelling, intensity transforms."""
