@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.sampler import EpochDataset, ResumableSampler
 from medssl.data.sources import DatasetRequest, DataSource
+from medssl.errors import MedsslError, Reason
 from medssl.transforms.augment import AugmentConfig
 
 
@@ -85,13 +86,34 @@ class PretrainDataModule(L.LightningDataModule):
                                                            world_size=world))
 
     def _loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
-        return DataLoader(EpochDataset(dataset), batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+        return ResumableLoader(EpochDataset(dataset), batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=False, drop_last=False)
 
     def describe(self) -> dict[str, Any]:
         """Training-data summary for the encoder card (counts and kinds, no patient data)."""
         return {"spatial_dims": self.spatial_dims, "patch_size": self.patch_size,
                 "slice_axis": self.slice_axis if self.spatial_dims == 2 else None, **self.source.summary()}
+
+
+class ResumableLoader(DataLoader):
+    """DataLoader whose checkpointed state guards a resume: the position itself is restored through the sampler
+    (:meth:`PretrainDataModule.resume_at`); this refuses to continue "exactly" on different data, a different seed
+    or a different number of ranks, where the saved position would point at other samples."""
+
+    def state_dict(self) -> dict[str, int]:
+        s = self.sampler
+        return {"length": len(self.dataset), "seed": s.seed, "world_size": s.world_size,
+                "batch_size": int(self.batch_size or 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        now = self.state_dict()
+        changed = {k: (state[k], now[k]) for k in now if k in state and state[k] != now[k]}
+        if changed:
+            raise MedsslError(Reason.BAD_CONFIG, "cannot resume exactly: the training data loader differs from the "
+                              "checkpoint's (saved, now): " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in
+                                                                         changed.items()) +
+                              "; resume with the same data, seed, batch size and number of devices, or start a "
+                              "new run initialised from the exported encoder")
 
 
 def _chain(first: Callable | None, second: Callable) -> Callable:

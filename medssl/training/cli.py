@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from medssl.data.atomic import atomic_write_text
 from medssl.data.datamodule import PretrainDataModule
 from medssl.ssl.base import SSLMethod
 from medssl.training.checkpoint_io import AtomicCheckpointIO
+from medssl.training.csv_log import ResumableCSVLogger
 from medssl.training.export import CONFIG_NAME, EncoderExport
 from medssl.training.monitor import ReconstructionMonitor
 from medssl.training.resume import ExactResume
@@ -53,26 +55,33 @@ class SaveRunConfig(SaveConfigCallback):
         return self.parser.dump(self.config, skip_none=False)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        run_dir = Path(trainer.default_root_dir)
-        text = self._text()
-        atomic_write_text(run_dir / CONFIG_NAME, text)
-        atomic_write_text(run_dir / "checkpoints" / CONFIG_NAME, text)
+        atomic_write_text(Path(trainer.default_root_dir) / CONFIG_NAME, self._text())
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["medssl_config"] = self._text()
+        text = self._text()
+        checkpoint["medssl_config"] = text
+        if trainer.is_global_zero:  # written with the first checkpoint, so ModelCheckpoint finds an empty folder
+            atomic_write_text(Path(trainer.default_root_dir) / "checkpoints" / CONFIG_NAME, text)
 
 
 class PretrainCLI(LightningCLI):
     """LightningCLI with medssl's run folder, callbacks and checkpoint I/O (see module docstring)."""
 
     def __init__(self, args: Optional[list[str]] = None, run: bool = True):
-        self._fit_run = run
-        super().__init__(
-            SSLMethod, PretrainDataModule, subclass_mode_model=True, save_config_callback=SaveRunConfig,
-            save_config_kwargs={"overwrite": True}, seed_everything_default=0, auto_configure_optimizers=False,
-            parser_kwargs={"description": "Self-supervised pretraining (medssl)", "default_env": False},
-            args=args, run=False, load_from_checkpoint_support=False,
-        )
+        import sys
+
+        if args is None:
+            args = sys.argv[1:]
+        argv, sys.argv = sys.argv, sys.argv[:1]  # parse ``args`` only (LightningCLI warns when both are present)
+        try:
+            super().__init__(
+                SSLMethod, PretrainDataModule, subclass_mode_model=True, save_config_callback=SaveRunConfig,
+                save_config_kwargs={"overwrite": True}, seed_everything_default=0, auto_configure_optimizers=False,
+                parser_kwargs={"description": "Self-supervised pretraining (medssl)", "default_env": False},
+                args=args, run=False, load_from_checkpoint_support=False,
+            )
+        finally:
+            sys.argv = argv
         if run:
             self.summary = self.fit()
 
@@ -110,7 +119,9 @@ class PretrainCLI(LightningCLI):
             EncoderExport(),
         ]
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = [CSVLogger(run_dir, name="", version=""),
+            ckpt = self.resume_path()
+            resume_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] if ckpt else None
+            kwargs["logger"] = [ResumableCSVLogger(str(run_dir), resume_step=resume_step),
                                 TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         init_cfg = self._get(self.config_init, "trainer", default={})

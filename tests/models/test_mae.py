@@ -10,8 +10,8 @@ from medssl.models.patches import patchify
 from medssl.models.vit import ViTEncoder
 from medssl.transforms.masking import patch_mask_to_voxels, random_masking
 
-TINY = dict(hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2)
-DECODER = dict(decoder_dim=24, decoder_depth=1, decoder_heads=2)
+TINY = {"hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 2}
+DECODER = {"decoder_dim": 24, "decoder_depth": 1, "decoder_heads": 2}
 
 
 def _mae(spatial_dims: int, img: int = 16, channels: int = 1) -> MaskedAutoencoder:
@@ -45,6 +45,7 @@ def test_prediction_ignores_masked_pixels(spatial_dims: int) -> None:
     assert not torch.allclose(ref, visible_changed, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:torch.meshgrid")  # MONAI's reference omits indexing=
 def test_sincos_matches_monai_when_divisible() -> None:
     for grid, dim in [((4, 6), 16), ((2, 3, 4), 24)]:
         ours = sincos_position_embedding(grid, dim)

@@ -7,7 +7,7 @@ from monai.networks.nets import UNETR, ViT
 
 from medssl.models.vit import ViTEncoder
 
-TINY = dict(hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2)
+TINY = {"hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 2}
 
 
 def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -16,7 +16,7 @@ def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, .
 
 def test_keys_equal_monai_vit_and_unetr_vit() -> None:
     # UNETR hard-codes patch 16 and 12 layers; match them here.
-    args = dict(in_channels=1, img_size=32, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=12, num_heads=2)
+    args = {"in_channels": 1, "img_size": 32, "patch_size": 16, **TINY, "num_layers": 12}
     enc = ViTEncoder(**args, spatial_dims=3)
     vit = ViT(**args, spatial_dims=3, classification=False)
     unetr = UNETR(in_channels=1, out_channels=2, img_size=32, feature_size=8, hidden_size=32, mlp_dim=64, num_heads=2)
