@@ -22,7 +22,7 @@ import torch
 from monai.networks.blocks import TransformerBlock
 from torch import nn
 
-from medssl.models.vit import ViTEncoder
+from medssl.models.vit import ViTEncoder, freeze_unused_cross_attention_norms
 
 if TYPE_CHECKING:
     from medssl.transforms.masking import PatchMask
@@ -107,6 +107,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_blocks = nn.ModuleList(
             [TransformerBlock(decoder_dim, mlp_dim, decoder_heads, qkv_bias=True) for _ in range(decoder_depth)]
         )
+        freeze_unused_cross_attention_norms(self.decoder_blocks)
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_dim)
 

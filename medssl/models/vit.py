@@ -15,10 +15,11 @@ and the uniform encoder protocol ``encoder(x) -> (B, feature_dim)`` (mean-pooled
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from monai.networks.nets import ViT
 from torch.utils.checkpoint import checkpoint
 
@@ -33,6 +34,15 @@ def _as_tuple(value: int | Sequence[int], spatial_dims: int, name: str) -> tuple
     if len(out) != spatial_dims:
         raise ValueError(f"{name}={list(out)} has {len(out)} entries but spatial_dims={spatial_dims}")
     return out
+
+
+def freeze_unused_cross_attention_norms(blocks: Iterable[nn.Module]) -> None:
+    """MONAI's ``TransformerBlock`` always builds a ``norm_cross_attn`` LayerNorm, used only with cross-attention.
+    Freezing it (kept in the state_dict, so keys still match MONAI) lets DDP run without
+    ``find_unused_parameters`` and keeps it out of the optimizer."""
+    for blk in blocks:
+        if not getattr(blk, "with_cross_attention", False) and hasattr(blk, "norm_cross_attn"):
+            blk.norm_cross_attn.requires_grad_(False)
 
 
 class ViTEncoder(ViT):
@@ -89,6 +99,7 @@ class ViTEncoder(ViT):
             spatial_dims=spatial_dims,
             qkv_bias=qkv_bias,
         )
+        freeze_unused_cross_attention_norms(self.blocks)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.feature_dim = hidden_size

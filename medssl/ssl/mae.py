@@ -54,6 +54,9 @@ class MAE(SSLMethod):
         super().__init__(optim, nonfinite, max_consecutive_skips, seed)
         if masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+        if pos_embed_type == "sincos" and hidden_size % (2 * spatial_dims):
+            raise ValueError(f"pos_embed_type='sincos' in {spatial_dims}D needs hidden_size divisible by "
+                             f"{2 * spatial_dims}, got {hidden_size}; change hidden_size or use 'learnable'")
         encoder = ViTEncoder(in_channels=in_channels, img_size=img_size, patch_size=patch_size,
                              hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads,
                              spatial_dims=spatial_dims, pos_embed_type=pos_embed_type, qkv_bias=qkv_bias,

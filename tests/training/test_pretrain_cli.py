@@ -94,3 +94,21 @@ def test_resume_auto_starts_fresh_without_checkpoint(tmp_path, data_dirs):
     assert cli.summary["resumed_from"] is None
     with pytest.raises(FileNotFoundError):
         PretrainCLI(args=_args("mae3d_tiny.yaml", tmp_path / "empty", data_dirs, "--resume", "last"))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path, data_dirs):
+    """The unchanged command runs as 2 DDP processes (gloo on CPU); every rank sees its own shard."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "medssl.cli", "pretrain",
+           *_args("mae3d_tiny.yaml", run, data_dirs, "--trainer.strategy=ddp", "--trainer.devices=2",
+                  "--trainer.max_epochs=2", "--data.batch_size=1")]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 4  # 3 training scans -> 2 per rank (padded) -> 2 steps per epoch
+    card = json.loads((run / "encoder.json").read_text())
+    assert card["training"]["world_size"] == 2
