@@ -28,3 +28,14 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train ~10x faster on one intra-op thread than on a contended pool (2-core CI)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from medssl.models.patches import grid_shape as patch_grid
+
 __all__ = [
     "PatchMask",
     "num_masked",
@@ -201,14 +203,6 @@ def patch_mask_to_voxels(
     return out
 
 
-def _mask_grid(image_size: Sequence[int], mask_patch_size: int | Sequence[int]) -> tuple[int, ...]:
-    size = _as_tuple(image_size, len(image_size), "image_size")
-    patch = _as_tuple(mask_patch_size, len(size), "mask_patch_size")
-    if any(s % p for s, p in zip(size, patch)):
-        raise ValueError(f"image_size {size} is not divisible by mask_patch_size {patch}")
-    return tuple(s // p for s, p in zip(size, patch))
-
-
 def random_voxel_mask(
     batch_size: int,
     image_size: Sequence[int],
@@ -219,6 +213,6 @@ def random_voxel_mask(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """SimMIM mask: hide a random ``ratio`` of ``mask_patch_size`` patches; returns (B, 1, *image_size) bool."""
-    grid = _mask_grid(image_size, mask_patch_size)
+    grid = patch_grid(image_size, mask_patch_size)
     patches = random_masking(batch_size, math.prod(grid), ratio, generator=generator, device=device)
     return patch_mask_to_voxels(patches.mask, grid, mask_patch_size)

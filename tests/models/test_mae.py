@@ -61,13 +61,6 @@ def test_mask_shape_is_checked() -> None:
         model(torch.randn(2, 1, 16, 16), bad)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train ~10x faster on one intra-op thread than on a contended pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_overfits_one_batch(one_thread: None) -> None:

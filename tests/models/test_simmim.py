@@ -14,13 +14,6 @@ def _simmim(spatial_dims: int, channels: int = 1) -> SimMIM:
     return SimMIM(enc)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train ~10x faster on one intra-op thread than on a contended pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("spatial_dims, size", [(2, (16, 32)), (3, (16, 16, 8))])

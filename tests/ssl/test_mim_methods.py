@@ -26,12 +26,6 @@ def _overfit(method, x: torch.Tensor, steps: int) -> tuple[float, float]:
     return losses[0], losses[-1]
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("spatial_dims,size,patch,masking", [(2, 16, 4, "random"), (3, 16, 4, "block")])
