@@ -135,7 +135,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     summary = pretrain_main(args.cli_args)
     console.print(f"pretraining done: {summary['global_step']} steps in {summary['wall_s']} s; val loss "
                   f"{_fmt(summary['val_loss_before'])} -> {_fmt(summary['val_loss_after'])}; encoder card "
-                  f"{escape(summary['encoder_card'])}")
+                  f"{escape(str(Path(summary['run_dir']) / summary['encoder_card']))}")
     return 0
 
 

@@ -52,6 +52,9 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_set: Optional[Dataset] = None
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches consumed in it)
 
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

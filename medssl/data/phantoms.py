@@ -21,6 +21,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 from scipy.ndimage import gaussian_filter
 
+from medssl.data.atomic import atomic_write_text
 from medssl.data.nifti import write_nifti
 
 __all__ = ["write_dicom_series", "make_phantom", "phantom_affine", "generate_phantoms"]
@@ -287,7 +288,7 @@ def generate_phantoms(out_dir: str | Path, n: int = 4, *, seed: int = 0, shape: 
             "label_voxels": {str(v): int((label == v).sum()) for v in (1, 2)},
         })
     desc = {"generator": "medssl.data.phantoms", "version": 1, "seed": seed, "n": n, "cases": cases}
-    (root / "phantoms.json").write_text(json.dumps(desc, indent=2))
+    atomic_write_text(root / "phantoms.json", json.dumps(desc, indent=2))
     dataset = {
         "name": "medssl-phantoms", "description": "synthetic CT-like phantoms (medssl.data.phantoms)",
         "tensorImageSize": "3D", "reference": "synthetic", "licence": "CC0", "release": "1.0",
@@ -296,5 +297,5 @@ def generate_phantoms(out_dir: str | Path, n: int = 4, *, seed: int = 0, shape: 
         "training": [{"image": f"./imagesTr/{c['case_id']}_0000.nii.gz", "label": f"./labelsTr/{c['case_id']}.nii.gz"}
                      for c in cases],
     }
-    (root / "nifti" / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    atomic_write_text(root / "nifti" / "dataset.json", json.dumps(dataset, indent=2))
     return desc

@@ -40,6 +40,10 @@ class DatasetRequest:
 class DataSource:
     """Base class: builds ``(train, val)`` datasets and describes itself without patient data."""
 
+    def prepare(self) -> None:
+        """One-time work that writes files (e.g. generating phantoms); run once per node, before any rank builds
+        datasets (Lightning's ``prepare_data``)."""
+
     def datasets(self, request: DatasetRequest) -> tuple[Dataset, Optional[Dataset]]:
         raise NotImplementedError
 
@@ -147,14 +151,25 @@ class Phantoms(NiftiFiles):
         super().__init__(str(Path(root) / "nifti" / "imagesTr" / "*_0000.nii.gz"), plan, cache_dir, val_fraction)
         self.root, self.n, self.shape, self.seed = root, n, tuple(shape), seed
 
-    def _scans(self) -> tuple[list[Any], None]:
+    def _is_current(self) -> bool:
+        desc = Path(self.root) / "phantoms.json"
+        if not desc.is_file():
+            return False
+        current = json.loads(desc.read_text())
+        return ((current["n"], current["seed"]) == (self.n, self.seed)
+                and all(tuple(c["shape"]) == self.shape and (Path(self.root) / c["image"]).is_file()
+                        for c in current["cases"]))
+
+    def prepare(self) -> None:
         from medssl.data.phantoms import generate_phantoms
 
-        desc = Path(self.root) / "phantoms.json"
-        current = json.loads(desc.read_text()) if desc.is_file() else None
-        if current is None or (current["n"], current["seed"], tuple(current["cases"][0]["shape"])) != (
-                self.n, self.seed, self.shape):
+        if not self._is_current():
             generate_phantoms(self.root, self.n, seed=self.seed, shape=self.shape)
+
+    def _scans(self) -> tuple[list[Any], None]:
+        if not self._is_current():
+            raise FileNotFoundError(f"phantoms in {self.root} are missing or were made with other settings; "
+                                    "call prepare() first (the data module does)")
         return super()._scans()
 
 

@@ -43,11 +43,12 @@ class LoadReport:
     matched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the network, not provided by the encoder
     unexpected: list[str] = field(default_factory=list)  # in the encoder file, not used by the network
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, saved shape, network shape)
     reshaped: list[str] = field(default_factory=list)  # loaded after an explicit, reported reshape
 
     def summary(self) -> str:
         return (f"{len(self.matched)} matched, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                f"{len(self.reshaped)} reshaped")
+                f"{len(self.mismatched)} shape-mismatched, {len(self.reshaped)} reshaped")
 
 
 def _sha256(path: Path) -> str:
@@ -140,14 +141,16 @@ def load_encoder(card_or_path: str | Path | dict[str, Any], into: Optional[nn.Mo
         if key not in own:
             report.unexpected.append(key)
         elif own[key].shape != tensor.shape:
-            report.unexpected.append(key)
+            report.mismatched.append((key, tuple(tensor.shape), tuple(own[key].shape)))
         else:
             usable[key] = tensor
             report.matched.append(key)
-    report.missing = [k for k in own if k not in usable]
-    if not allow_partial and (report.missing or report.unexpected):
+    mismatched = {k for k, _, _ in report.mismatched}
+    report.missing = [k for k in own if k not in usable and k not in mismatched]
+    if not allow_partial and (report.missing or report.unexpected or report.mismatched):
         raise EncoderCardError(f"encoder does not fit the network: {report.summary()}; missing "
-                               f"{report.missing[:5]}, unexpected/mismatched {report.unexpected[:5]}")
+                               f"{report.missing[:5]}, unexpected {report.unexpected[:5]}, shape-mismatched "
+                               f"(saved -> network) {report.mismatched[:5]}")
     if not report.matched:
         raise EncoderCardError("no encoder weight matched the network")
     module.load_state_dict(usable, strict=False)

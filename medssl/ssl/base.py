@@ -5,11 +5,13 @@ A method subclass builds its model in ``__init__`` and implements :meth:`SSLMeth
 loss policy, AdamW + warmup/cosine, per-step seeded randomness and the encoder it exports.
 
 Randomness of a method (masks, view parameters drawn on the device) comes from :meth:`SSLMethod.generator`, seeded
-from ``(seed, global step, rank)`` in training and ``(seed, batch index)`` in validation: independent of the global
-RNG, so resumed runs draw the same masks, and validation losses of different epochs are comparable.
+from ``(seed, epoch, batch index, rank)`` in training (every micro-batch of a gradient-accumulation window gets its
+own draw) and ``(seed, batch index, rank)`` in validation: independent of the global RNG, so resumed runs draw the
+same masks, and validation losses of different epochs are comparable.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any, Optional
 
@@ -71,7 +73,7 @@ class SSLMethod(L.LightningModule):
     def generator(self, stage: str, batch_idx: int) -> torch.Generator:
         """Seeded generator for this step (see module docstring)."""
         if stage == "train":
-            key = [self.seed, 0, self.global_step, self.global_rank]
+            key = [self.seed, 0, self.current_epoch, batch_idx, self.global_rank]
         else:
             key = [self.seed, 1, batch_idx, self.global_rank]
         seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -80,7 +82,11 @@ class SSLMethod(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
         out = self.compute_loss(batch, self.generator("train", batch_idx))
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every rank must take the same decision, or DDP's gradient all-reduce would deadlock
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if not bool(finite):
             return self._nonfinite(loss, batch_idx)
         self._consecutive_skips = 0
         bs = _batch_size(batch)
@@ -98,7 +104,7 @@ class SSLMethod(L.LightningModule):
         return out["loss"]
 
     def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        where = f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        where = f"loss is {loss.item()} (on this or another rank) at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite == "stop":
             raise NonFiniteLossError(f"{where}; stopping instead of training on garbage (set model.nonfinite=skip to "
                                      "skip such batches); check the learning rate, precision and input intensities")
@@ -111,6 +117,9 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        if not math.isfinite(total):
+            raise MedsslError(Reason.BAD_CONFIG, "the LR schedule needs a finite length: set trainer.max_epochs or "
+                              "trainer.max_steps")
         opt, sched = build_optimizer(self, self.optim, int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

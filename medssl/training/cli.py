@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from medssl.data.atomic import atomic_write_text
@@ -92,7 +93,7 @@ class PretrainCLI(LightningCLI):
                             help="checkpoint to continue from: a path, 'last' (<run_dir>/checkpoints/last.ckpt) or "
                                  "'auto' (last.ckpt if it exists, else start fresh; for requeued cluster jobs)")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=0,
-                            help="also checkpoint every N optimizer steps (0: at epoch ends only)")
+                            help="checkpoint every N optimizer steps as well as at epoch ends (0: epoch ends only)")
         parser.add_argument("--validate_first", type=bool, default=True,
                             help="measure the validation loss before training (the step-0 reference)")
         parser.add_argument("--monitor_every_n_epochs", type=int, default=1,
@@ -110,23 +111,32 @@ class PretrainCLI(LightningCLI):
         run_dir = self.run_dir
         trainer_cfg = self.config.get("trainer", {})
         every = int(self.config.get("checkpoint_every_n_steps") or 0)
+        checkpoints = run_dir / "checkpoints"
         callbacks = [
             ExactResume(),
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}-step{step:07d}",
-                            auto_insert_metric_name=False, save_last=True, save_top_k=1,
-                            every_n_train_steps=every or None),
+            # at every epoch end (the final last.ckpt included), and additionally every N steps when asked
+            ModelCheckpoint(dirpath=checkpoints, filename="epoch{epoch:03d}-step{step:07d}",
+                            auto_insert_metric_name=False, save_last=True, save_top_k=1),
+            *([ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False,
+                               save_last=True, save_top_k=1, every_n_train_steps=every)] if every else []),
             ReconstructionMonitor(every_n_epochs=int(self.config.get("monitor_every_n_epochs") or 1)),
             EncoderExport(),
         ]
         if trainer_cfg.get("logger") in (None, True):
             ckpt = self.resume_path()
-            resume_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] if ckpt else None
-            kwargs["logger"] = [ResumableCSVLogger(str(run_dir), resume_step=resume_step),
+            resume_step = (torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+                           if ckpt else None)
+            kwargs["logger"] = [ResumableCSVLogger(str(run_dir), resume_step=resume_step,
+                                                   flush_logs_every_n_steps=every or 50),
                                 TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         init_cfg = self._get(self.config_init, "trainer", default={})
-        kwargs.update(default_root_dir=str(run_dir), use_distributed_sampler=False,
-                      plugins=[*_as_list(init_cfg.get("plugins")), AtomicCheckpointIO()])
+        plugins = [*_as_list(init_cfg.get("plugins")), AtomicCheckpointIO()]
+        if SLURMEnvironment.detect():
+            # Lightning's SLURM auto-requeue would resume from an hpc_ckpt written mid-step behind this CLI's back;
+            # requeued jobs resume explicitly with --resume auto instead
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        kwargs.update(default_root_dir=str(run_dir), use_distributed_sampler=False, plugins=plugins)
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         config = {**init_cfg, **kwargs}
         return self._instantiate_trainer(config, extra + callbacks)
@@ -156,8 +166,8 @@ class PretrainCLI(LightningCLI):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         summary = {
             "method": getattr(model, "method_name", type(model).__name__),
-            "run_dir": str(self.run_dir),
-            "resumed_from": ckpt,
+            "run_dir": str(self.config.get("run_dir") or self.run_dir),  # as given on the command line
+            "resumed_from": None if ckpt is None else Path(ckpt).name,
             "global_step": trainer.global_step,
             "epochs_completed": trainer.current_epoch,
             "val_loss_before": before,
@@ -165,7 +175,7 @@ class PretrainCLI(LightningCLI):
             "train_loss_last_epoch": metrics.get("train/loss_epoch"),
             "skipped_nonfinite_steps": int(getattr(model, "skipped_steps", 0)),
             "wall_s": round(time.perf_counter() - t0, 2),
-            "encoder_card": str(self.run_dir / "encoder.json"),
+            "encoder_card": "encoder.json",  # paths in this file are relative to the run folder
         }
         if trainer.is_global_zero:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

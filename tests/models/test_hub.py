@@ -78,5 +78,8 @@ def test_a_different_architecture_is_refused(tmp_path):
     export_encoder(_vit(), tmp_path, method="mae", preprocessing=PLAN)
     other = ViTEncoder(in_channels=1, img_size=32, patch_size=16, hidden_size=32, mlp_dim=48, num_layers=12,
                        num_heads=2, spatial_dims=3)
-    with pytest.raises(EncoderCardError, match="does not fit"):
+    with pytest.raises(EncoderCardError, match="does not fit.*shape-mismatched"):
         load_encoder(tmp_path, into=other)
+    report = load_encoder(tmp_path, into=other, allow_partial=True)
+    assert ("norm.weight", (24,), (32,)) in report.mismatched
+    assert "norm.weight" not in report.missing and "norm.weight" not in report.unexpected
