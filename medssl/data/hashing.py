@@ -53,6 +53,11 @@ def _hash_file(path: Path) -> bytes:
     return h.digest()
 
 
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of one file's bytes (streamed)."""
+    return _hash_file(Path(path)).hex()
+
+
 def _stat_key(files: Sequence[Path]) -> tuple[str, bool]:
     """(sha256 of hashed paths + size/mtime/ctime/inode, whether any file changed within the racy window)."""
     h = hashlib.sha256()

@@ -8,7 +8,6 @@ weights file. :func:`load_encoder` verifies the weights against the card and rep
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medssl.data.atomic import atomic_write, atomic_write_text
+from medssl.data.hashing import file_sha256
 from medssl.errors import MedsslError, Reason
 from medssl.models.registry import build_encoder, encoder_spec
 
@@ -51,14 +51,6 @@ class LoadReport:
                 f"{len(self.mismatched)} shape-mismatched, {len(self.reshaped)} reshaped")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_encoder(encoder: nn.Module, out_dir: str | Path, *, method: str, preprocessing: dict[str, Any],
                    training: Optional[dict[str, Any]] = None, config_sha256: Optional[str] = None,
                    extra: Optional[dict[str, Any]] = None) -> Path:
@@ -84,7 +76,7 @@ def export_encoder(encoder: nn.Module, out_dir: str | Path, *, method: str, prep
         "medssl_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "config_sha256": config_sha256,
-        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(weights), "num_tensors": len(tensors),
+        "weights": {"file": WEIGHTS_NAME, "sha256": file_sha256(weights), "num_tensors": len(tensors),
                     "num_parameters": int(sum(t.numel() for t in tensors.values()))},
         **(extra or {}),
     }
@@ -118,7 +110,7 @@ def load_encoder_state(card_or_path: str | Path | dict[str, Any]) -> tuple[dict[
     weights = folder / card["weights"]["file"]
     if not weights.is_file():
         raise EncoderCardError("weights file named by the card is missing", [weights])
-    if _sha256(weights) != card["weights"]["sha256"]:
+    if file_sha256(weights) != card["weights"]["sha256"]:
         raise EncoderCardError("weights file does not match the SHA-256 recorded in the card (altered or replaced)",
                                [weights])
     return load_file(str(weights)), card

@@ -66,6 +66,12 @@ class SSLMethod(L.LightningModule):
         raise NotImplementedError
 
     # --- shared -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def images(batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's images as a plain tensor (MetaTensor meta is not needed inside the model)."""
+        x = batch["image"]
+        return x.as_tensor() if hasattr(x, "as_tensor") else x
+
     @property
     def encoder_module(self) -> nn.Module:
         return getattr(self, self.encoder_attr)

@@ -80,8 +80,7 @@ class MAE(SSLMethod):
         return random_masking(batch_size, enc.num_patches, self.mask_ratio, generator=generator, device=device)
 
     def _images(self, batch: dict[str, Any]) -> torch.Tensor:
-        x = batch["image"]
-        x = x.as_tensor() if hasattr(x, "as_tensor") else x
+        x = self.images(batch)
         enc = self.model.encoder
         expected = (enc.in_channels, *enc.img_size)
         if tuple(x.shape[1:]) != expected:

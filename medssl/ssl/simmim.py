@@ -54,13 +54,8 @@ class SimMIM(SSLMethod):
         return random_voxel_mask(x.shape[0], tuple(x.shape[2:]), self.mask_patch_size, self.mask_ratio,
                                  generator=generator, device=x.device)
 
-    @staticmethod
-    def _images(batch: dict[str, Any]) -> torch.Tensor:
-        x = batch["image"]
-        return x.as_tensor() if hasattr(x, "as_tensor") else x
-
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        x = self._images(batch)
+        x = self.images(batch)
         mask = self._mask(x, generator)
         recon = self.model(x, mask)
         return {"loss": masked_voxel_l1(recon.float(), x.float(), mask)}
@@ -68,7 +63,7 @@ class SimMIM(SSLMethod):
     @torch.no_grad()
     def reconstruct(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Input, masked input, and the reconstruction (hidden voxels predicted, visible ones pasted back)."""
-        x = self._images(batch)
+        x = self.images(batch)
         mask = self._mask(x, generator).to(x.dtype)
         recon = self.model(x, mask.bool()).float()
         return {"input": x, "masked": x * (1 - mask), "reconstruction": recon * mask + x * (1 - mask)}

@@ -5,20 +5,16 @@ without patient data (item counts, steps, last losses) and the SHA-256 of the ru
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from medssl.data.hashing import file_sha256
 from medssl.models.hub import export_encoder
 
 CONFIG_NAME = "config.yaml"
-
-
-def file_sha256(path: Path) -> Optional[str]:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 class EncoderExport(L.Callback):
@@ -44,4 +40,5 @@ class EncoderExport(L.Callback):
         preprocessing = dm.source.preprocessing() if hasattr(dm, "source") else {}
         self.card_path = export_encoder(pl_module.encoder_module, run_dir, method=pl_module.method_name,
                                         preprocessing=preprocessing, training=training,
-                                        config_sha256=file_sha256(run_dir / CONFIG_NAME))
+                                        config_sha256=file_sha256(config) if (config := run_dir / CONFIG_NAME).is_file()
+                                        else None)
