@@ -21,7 +21,7 @@ __all__ = ["SegResNetEncoder"]
 DEFAULT_NORM: tuple[str, dict[str, Any]] = ("GROUP", {"num_groups": 8})
 
 
-def _norm_to_json(norm: str | Sequence[Any]) -> str | list[Any]:
+def norm_to_json(norm: str | Sequence[Any]) -> str | list[Any]:
     """MONAI norm spec (``"BATCH"`` or ``("GROUP", {...})``) as a JSON-friendly value."""
     if isinstance(norm, str):
         return norm
@@ -59,7 +59,7 @@ class SegResNetEncoder(nn.Module):
         blocks = tuple(int(b) for b in blocks_down)
         if not blocks:
             raise ValueError("blocks_down must have at least one stage")
-        norm_json = _norm_to_json(norm)
+        norm_json = norm_to_json(norm)
         norm_arg: str | tuple[str, dict[str, Any]] = norm_json if isinstance(norm_json, str) else tuple(norm_json)
         full = SegResNet(
             spatial_dims=spatial_dims,

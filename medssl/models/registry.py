@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from medssl.models.cnn import SegResNetEncoder
+from medssl.models.resnet import ResNetEncoder
 from medssl.models.vit import ViTEncoder
 
 __all__ = ["ENCODERS", "build_encoder", "encoder_spec"]
@@ -20,6 +21,7 @@ __all__ = ["ENCODERS", "build_encoder", "encoder_spec"]
 ENCODERS: dict[str, type[nn.Module]] = {
     "vit": ViTEncoder,
     "segresnet": SegResNetEncoder,
+    "resnet": ResNetEncoder,
 }
 
 

@@ -23,6 +23,8 @@ from torch import nn
 from monai.networks.nets import ViT
 from torch.utils.checkpoint import checkpoint
 
+from medssl.models.pos_embed import interpolate_pos_embed
+
 __all__ = ["ViTEncoder"]
 
 
@@ -124,13 +126,24 @@ class ViTEncoder(ViT):
         }
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch + position embedding: ``(B, C, *img_size) -> (B, L, D)`` tokens in row-major grid order."""
-        if x.ndim != self.spatial_dims + 2 or tuple(x.shape[2:]) != self.img_size or x.shape[1] != self.in_channels:
+        """Patch + position embedding: ``(B, C, *S) -> (B, L, D)`` tokens in row-major grid order.
+
+        ``S`` is normally ``img_size``; any other size divisible by ``patch_size`` (e.g. DINO's local crops) uses
+        the position table interpolated to its patch grid (:func:`medssl.models.pos_embed.interpolate_pos_embed`).
+        """
+        size = tuple(x.shape[2:])
+        if (x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels
+                or any(s % p for s, p in zip(size, self.patch_size))):
             raise ValueError(
-                f"expected input (B, {self.in_channels}, {', '.join(map(str, self.img_size))}), "
-                f"got {tuple(x.shape)}"
+                f"expected input (B, {self.in_channels}, *S) with S divisible by the patch size "
+                f"{list(self.patch_size)} (trained on {list(self.img_size)}), got {tuple(x.shape)}"
             )
-        return self.patch_embedding(x)
+        if size == self.img_size:
+            return self.patch_embedding(x)
+        pe = self.patch_embedding
+        tokens = pe.patch_embeddings(x).flatten(2).transpose(-1, -2)
+        grid = tuple(s // p for s, p in zip(size, self.patch_size))
+        return pe.dropout(tokens + interpolate_pos_embed(pe.position_embeddings, self.grid_shape, grid))
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Transformer blocks then the final LayerNorm on any token subset: ``(B, N, D) -> (B, N, D)``."""

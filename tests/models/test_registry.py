@@ -8,6 +8,7 @@ import torch
 
 from medssl.models import (
     ENCODERS,
+    ResNetEncoder,
     SegResNetEncoder,
     ViTEncoder,
     build_encoder,
@@ -22,11 +23,15 @@ CASES = [
              **TINY_VIT, "num_layers": 1, "num_heads": 4}),
     ("segresnet", {"in_channels": 1, "spatial_dims": 3, "init_filters": 8, "blocks_down": (1, 2)}),
     ("segresnet", {"in_channels": 3, "spatial_dims": 2, "init_filters": 4, "blocks_down": [1, 1, 1], "norm": "BATCH"}),
+    ("resnet", {"in_channels": 1, "spatial_dims": 2, "layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 16],
+                "conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True}),
+    ("resnet", {"in_channels": 2, "spatial_dims": 3, "block": "bottleneck", "layers": [1, 1, 1, 1],
+                "block_inplanes": [4, 4, 8, 8], "norm": ["group", {"num_groups": 4}]}),
 ]
 
 
 def test_registry_contents() -> None:
-    assert ENCODERS == {"vit": ViTEncoder, "segresnet": SegResNetEncoder}
+    assert ENCODERS == {"vit": ViTEncoder, "segresnet": SegResNetEncoder, "resnet": ResNetEncoder}
 
 
 @pytest.mark.parametrize("name, kwargs", CASES)
@@ -42,7 +47,7 @@ def test_spec_round_trip(name: str, kwargs: dict) -> None:
     assert encoder_spec(rebuilt) == spec
     rebuilt.load_state_dict(encoder.state_dict())
     encoder.eval(), rebuilt.eval()
-    size = (16,) * encoder.spatial_dims if name == "segresnet" else encoder.img_size
+    size = encoder.img_size if name == "vit" else (16,) * encoder.spatial_dims
     x = torch.randn(2, encoder.in_channels, *size)
     with torch.no_grad():
         assert torch.allclose(encoder(x), rebuilt(x))
@@ -55,7 +60,7 @@ def test_keyword_overrides_spec() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown encoder 'resnet'.*segresnet.*vit"):
-        build_encoder("resnet")
+    with pytest.raises(ValueError, match=r"unknown encoder 'densenet'.*resnet.*segresnet.*vit"):
+        build_encoder("densenet")
     with pytest.raises(ValueError, match="not a registered encoder"):
         encoder_spec(torch.nn.Linear(2, 2))

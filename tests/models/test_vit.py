@@ -51,7 +51,7 @@ def test_config_and_errors() -> None:
     with pytest.raises(ValueError, match="divisible"):
         ViTEncoder(in_channels=1, img_size=18, patch_size=4, **TINY)
     with pytest.raises(ValueError, match="expected input"):
-        enc.embed(torch.randn(1, 1, 8, 16, 16))
+        enc.embed(torch.randn(1, 1, 10, 16, 16))
 
 
 def test_gradient_checkpointing_matches() -> None:
