@@ -56,6 +56,8 @@ class SSLMethod(L.LightningModule):
         self.nonfinite, self.max_consecutive_skips, self.seed = nonfinite, max_consecutive_skips, seed
         self.skipped_steps = 0
         self._consecutive_skips = 0
+        #: whether the last training batch had a finite loss (its optimizer step really updated the weights)
+        self.last_step_finite = False
         self.save_hyperparameters()
         # plain containers only, so checkpoints load with weights_only=True
         self.hparams["optim"] = asdict(self.optim)
@@ -92,7 +94,8 @@ class SSLMethod(L.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             # every rank must take the same decision, or DDP's gradient all-reduce would deadlock
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
-        if not bool(finite):
+        self.last_step_finite = bool(finite)
+        if not self.last_step_finite:
             return self._nonfinite(loss, batch_idx)
         self._consecutive_skips = 0
         bs = _batch_size(batch)
@@ -137,5 +140,8 @@ class SSLMethod(L.LightningModule):
 
 
 def _batch_size(batch: Any) -> int:
-    image = batch["image"] if isinstance(batch, dict) else batch[0]
+    if isinstance(batch, dict):
+        image = batch["image"] if "image" in batch else batch["global_views"][0]
+    else:
+        image = batch[0]
     return int(image.shape[0])

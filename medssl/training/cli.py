@@ -37,6 +37,7 @@ from medssl.data.atomic import atomic_write_text
 from medssl.data.datamodule import PretrainDataModule
 from medssl.ssl.base import SSLMethod
 from medssl.training.checkpoint_io import AtomicCheckpointIO
+from medssl.training.collapse_guard import CollapseGuard
 from medssl.training.csv_log import ResumableCSVLogger
 from medssl.training.export import CONFIG_NAME, EncoderExport
 from medssl.training.monitor import ReconstructionMonitor
@@ -120,6 +121,7 @@ class PretrainCLI(LightningCLI):
             *([ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False,
                                save_last=True, save_top_k=1, every_n_train_steps=every)] if every else []),
             ReconstructionMonitor(every_n_epochs=int(self.config.get("monitor_every_n_epochs") or 1)),
+            CollapseGuard(),
             EncoderExport(),
         ]
         if trainer_cfg.get("logger") in (None, True):
@@ -174,12 +176,24 @@ class PretrainCLI(LightningCLI):
             "val_loss_after": metrics.get("val/loss"),
             "train_loss_last_epoch": metrics.get("train/loss_epoch"),
             "skipped_nonfinite_steps": int(getattr(model, "skipped_steps", 0)),
+            "collapse_warnings": [e for cb in trainer.callbacks if isinstance(cb, CollapseGuard) for e in cb.events],
+            **_probe_summary(trainer),
             "wall_s": round(time.perf_counter() - t0, 2),
             "encoder_card": "encoder.json",  # paths in this file are relative to the run folder
         }
         if trainer.is_global_zero:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _probe_summary(trainer: L.Trainer) -> dict[str, Any]:
+    """Online-probe results before and after training, when an :class:`OnlineProbe` callback is configured."""
+    from medssl.training.online_probe import OnlineProbe
+
+    probes = [cb for cb in trainer.callbacks if isinstance(cb, OnlineProbe) and cb.history]
+    if not probes:
+        return {}
+    return {"probe_before": probes[0].history[0], "probe_after": probes[0].history[-1]}
 
 
 def _as_list(value: Any) -> list:
