@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from monai.networks.nets import ResNet
+from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch.utils.checkpoint import checkpoint
 
 from medssl.models.cnn import norm_to_json
@@ -36,7 +37,10 @@ class ResNetEncoder(ResNet):
         block_inplanes: channels per stage before ``widen_factor`` (and the bottleneck expansion).
         conv1_t_size, conv1_t_stride, no_max_pool: the stem (see module docstring).
         widen_factor: multiplies ``block_inplanes``.
-        norm: MONAI norm spec (``"batch"``; ``"instance"`` or ``("group", {"num_groups": 8})`` for tiny batches).
+        norm: MONAI norm spec (``"batch"``; ``"instance"`` or ``("group", {"num_groups": 8})`` for tiny batches or
+            DDP on CPU, where BatchNorm cannot be synchronised). Applied everywhere, unlike MONAI 1.6's ``ResNet``,
+            which uses it in the stem only (its stages keep BatchNorm): a MONAI ResNet classifier built with a
+            non-batch ``norm`` therefore reports the stages' norm keys as mismatched when these weights load.
         gradient_checkpointing: recompute each stage in the backward pass (training only).
     """
 
@@ -67,6 +71,8 @@ class ResNetEncoder(ResNet):
             conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool, widen_factor=widen_factor, feed_forward=False,
             norm=norm_json if isinstance(norm_json, str) else tuple(norm_json),
         )
+        if _norm_name(norm_json) != "batch":
+            self._rebuild_stages(block, layers, block_inplanes, widen_factor, spatial_dims, norm_json)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.feature_dim = int(self.in_planes)  # channels after layer4 (widened, times the block expansion)
@@ -85,6 +91,23 @@ class ResNetEncoder(ResNet):
             "norm": norm_json,
             "gradient_checkpointing": gradient_checkpointing,
         }
+
+    def _rebuild_stages(self, block: str, layers: Sequence[int], block_inplanes: Sequence[int], widen_factor: float,
+                        spatial_dims: int, norm: Any) -> None:
+        # MONAI 1.6's ResNet applies ``norm`` to the stem only: its residual stages always get BatchNorm (the
+        # argument is not passed on to ``_make_layer``). Rebuild the stages with the requested norm, with the same
+        # attribute names (state_dict keys) and MONAI's initialisation.
+        block_cls = {"basic": ResNetBlock, "bottleneck": ResNetBottleneck}[block]
+        planes = [int(c * widen_factor) for c in block_inplanes]
+        norm_arg = norm if isinstance(norm, str) else tuple(norm)
+        self.in_planes = planes[0]
+        for i, (name, stride) in enumerate((("layer1", 1), ("layer2", 2), ("layer3", 2), ("layer4", 2))):
+            setattr(self, name, self._make_layer(block_cls, planes[i], int(layers[i]), spatial_dims, "B",
+                                                 stride=stride, norm=norm_arg))
+        for m in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for sub in m.modules():
+                if isinstance(sub, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                    torch.nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after ``layer1`` ... ``layer4``, shallow to deep."""
@@ -105,6 +128,10 @@ class ResNetEncoder(ResNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Pooled feature vector ``(B, feature_dim)``: global average of ``layer4``."""
         return self.forward_features(x)[-1].flatten(2).mean(dim=2)
+
+
+def _norm_name(norm: Any) -> str:
+    return (norm if isinstance(norm, str) else norm[0]).lower()
 
 
 def _out_channels(layer: torch.nn.Sequential) -> int:

@@ -2,7 +2,8 @@
 
 Negatives are the other ``2N - 2`` views of the batch; under DDP the projections of all ranks are gathered
 (:func:`medssl.losses.gather.gather`, gradients exact) and BatchNorm should be synchronised
-(``trainer.sync_batchnorm: true``), so a run on W devices equals a run on one with a W-times larger batch.
+(``trainer.sync_batchnorm: true``, GPU only), so a run on W devices equals a run on one with a W-times larger batch
+(tested with group norm and no projector BatchNorm on CPU, where BatchNorm cannot be synchronised).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class SimCLR(JointEmbeddingMethod):
     Args:
         encoder, encoder_kwargs: see :class:`JointEmbeddingMethod`.
         proj_hidden_dim, proj_dim, proj_layers: the projector (paper: 2048 -> 128, 2 layers).
+        proj_batch_norm: BatchNorm in the projector (paper: yes, synchronised over devices; turn it off where
+            BatchNorm cannot be synchronised, e.g. DDP on CPU, or for very small per-device batches).
         temperature: NT-Xent temperature (0.1-0.5; lower for larger batches).
         gather_negatives: use the negatives of every rank under DDP.
         optim, nonfinite, max_consecutive_skips, seed: see :class:`medssl.ssl.base.SSLMethod`.
@@ -30,12 +33,13 @@ class SimCLR(JointEmbeddingMethod):
     method_name = "simclr"
 
     def __init__(self, encoder: str = "resnet", encoder_kwargs: Optional[dict[str, Any]] = None,
-                 proj_hidden_dim: int = 2048, proj_dim: int = 128, proj_layers: int = 2, temperature: float = 0.1,
-                 gather_negatives: bool = True, optim: Optional[OptimConfig] = None, nonfinite: str = "stop",
+                 proj_hidden_dim: int = 2048, proj_dim: int = 128, proj_layers: int = 2, proj_batch_norm: bool = True,
+                 temperature: float = 0.1, gather_negatives: bool = True, optim: Optional[OptimConfig] = None, nonfinite: str = "stop",
                  max_consecutive_skips: int = 10, seed: int = 0):
         super().__init__(encoder, encoder_kwargs, optim=optim, nonfinite=nonfinite,
                          max_consecutive_skips=max_consecutive_skips, seed=seed)
-        self.projector = MLPHead(self.encoder.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
+        self.projector = MLPHead(self.encoder.feature_dim, proj_hidden_dim, proj_dim, proj_layers,
+                                 batch_norm=proj_batch_norm)
         self.temperature, self.gather_negatives = temperature, gather_negatives
 
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -48,3 +48,15 @@ def test_bad_arguments() -> None:
         ResNetEncoder(block="wide")
     with pytest.raises(ValueError, match="expected input"):
         ResNetEncoder(in_channels=1, spatial_dims=2, **TINY)(torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("spatial_dims, block", [(2, "basic"), (3, "bottleneck")])
+def test_group_norm_everywhere_makes_items_independent(spatial_dims: int, block: str) -> None:
+    # MONAI 1.6's ResNet puts `norm` in the stem only; the encoder must use it in every stage, or batch statistics
+    # couple the items (and DDP on CPU, without synchronised BatchNorm, would differ from one process)
+    enc = ResNetEncoder(in_channels=1, spatial_dims=spatial_dims, block=block, norm=["group", {"num_groups": 4}],
+                        **TINY)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in enc.modules())
+    enc.train()
+    x = torch.randn(4, 1, *(12,) * spatial_dims)
+    assert torch.allclose(enc(x)[:2], enc(x[:2]), atol=1e-5)
