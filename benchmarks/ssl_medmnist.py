@@ -57,7 +57,8 @@ def paths_overlay(dataset: str, tmp: Path, quick: bool) -> Path:
     return out
 
 
-def run_one(method: str, dataset: str, runs_dir: Path, tmp: Path, quick: bool, epochs: int | None) -> dict:
+def run_one(method: str, dataset: str, runs_dir: Path, tmp: Path, quick: bool, epochs: int | None,
+            limit_train_batches: int | None = None) -> dict:
     from medssl.training.cli import PretrainCLI
 
     dims = DATASETS[dataset][1]
@@ -68,8 +69,9 @@ def run_one(method: str, dataset: str, runs_dir: Path, tmp: Path, quick: bool, e
     if quick:
         args += ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
                  "--data.batch_size=8", "--trainer.enable_progress_bar=false"]
-    elif epochs:
-        args += [f"--trainer.max_epochs={epochs}"]
+    else:
+        args += [f"--trainer.max_epochs={epochs}"] if epochs else []
+        args += [f"--trainer.limit_train_batches={limit_train_batches}"] if limit_train_batches else []
     summary = PretrainCLI(args=args).summary
     before, after = summary.get("probe_before") or {}, summary.get("probe_after") or {}
     return {"method": method, "dataset": dataset, "spatial_dims": dims, "run_dir": str(run_dir),
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--epochs", type=int, default=None, help="override the overlays' max_epochs")
+    parser.add_argument("--limit-train-batches", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--quick", action="store_true", help="2 steps per run on 8-item batches (smoke test)")
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "bench_ssl_medmnist"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -121,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets:
             for method in args.methods:
                 print(f"== {method} on {dataset}", flush=True)
-                runs.append(run_one(method, dataset, Path(args.runs_dir), Path(tmp), args.quick, args.epochs))
+                runs.append(run_one(method, dataset, Path(args.runs_dir), Path(tmp), args.quick, args.epochs,
+                                    args.limit_train_batches))
                 print(json.dumps(runs[-1]), flush=True)
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": sys.version.split()[0], "torch": torch.__version__,
                     "date": datetime.date.today().isoformat()},
         "settings": {"quick": args.quick, "epochs_override": args.epochs,
+                     "limit_train_batches": args.limit_train_batches,
                      "configs": "configs/pretrain/medmnist/<method>.yaml + <dataset>_cpu.yaml"},
         "runs": runs,
         "notes": ["Short CPU runs (a few epochs): they show whether a method learns on real medical images at all, "

@@ -16,6 +16,24 @@ def test_there_is_a_tiny_and_a_realistic_config_per_method():
     names = {p.stem for p in CONFIGS}
     for method in ("mae3d", "mae2d", "simmim3d"):
         assert {method, f"{method}_tiny"} <= names
+    for method in ("simclr", "moco", "byol", "simsiam", "dino"):
+        assert any(n.startswith(method) and n.endswith("_tiny") for n in names), method
+        assert f"{method}3d" in names, method  # the realistic GPU recipe
+
+
+MEDMNIST = REPO / "configs" / "pretrain" / "medmnist"
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "dino"])
+@pytest.mark.parametrize("dataset", ["pneumonia2d_cpu", "adrenal3d_cpu"])
+def test_medmnist_overlays_compose(method, dataset):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        PretrainCLI(args=["--config", str(MEDMNIST / f"{method}.yaml"), "--config", str(MEDMNIST / f"{dataset}.yaml"),
+                          "--print_config"])
+    assert exit_info.value.code == 0
+    resolved = out.getvalue()
+    assert f"medssl.ssl.{method}." in resolved and "OnlineProbe" in resolved and "encoder_kwargs" in resolved
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
