@@ -4,8 +4,10 @@ A joint-embedding method can reach a low loss by mapping every input to (nearly)
 low-dimensional subspace. Two cheap statistics of a batch of embeddings ``z`` (B, D) show it:
 
 * :func:`embedding_std` -- the mean over dimensions of the standard deviation of the L2-normalised embeddings,
-  times ``sqrt(D)`` (SimSiam, Chen & He 2021): about 1 for embeddings spread over the sphere, 0 at complete
-  collapse.
+  times ``sqrt(D)`` (SimSiam, Chen & He 2021): about 1 for zero-mean embeddings spread over the sphere (projector
+  outputs), 0 at complete collapse. Non-negative features (globally pooled post-ReLU encoder features, which the
+  methods report) read lower when healthy: about 0.3 for a randomly initialised ResNet, 0.5 for uniform random
+  non-negative vectors; what matters is a fall towards 0 (the guard's default threshold is 0.1).
 * :func:`effective_rank` -- RankMe (Garrido et al. 2023): ``exp`` of the entropy of the normalised singular
   values; between 1 (collapse to a line) and ``min(B, D)``.
 """

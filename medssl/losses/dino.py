@@ -140,4 +140,6 @@ class DINOLoss(nn.Module):
         count = t.new_full((1,), float(t.shape[0]))
         stats = all_reduce_mean(torch.cat([t.sum(dim=0), count]))  # mean over ranks of [sum, count]: ratio is exact
         batch_center = stats[:-1] / stats[-1]
+        if not bool(torch.isfinite(batch_center).all()):
+            return  # a non-finite teacher output must not poison the centre (and every later loss) for good
         self.center.mul_(self.center_momentum).add_(batch_center.unsqueeze(0), alpha=1 - self.center_momentum)

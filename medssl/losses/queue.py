@@ -54,6 +54,9 @@ class FeatureQueue(nn.Module):
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"keys must be (N, {self.dim}), got {tuple(keys.shape)}")
         keys = gather(keys.detach())
+        if not bool(torch.isfinite(keys).all()):
+            # a NaN/Inf key would poison every later loss; all ranks see the same gathered keys, so all skip alike
+            return
         if self.normalize:
             keys = F.normalize(keys, dim=1)
         n = keys.shape[0]

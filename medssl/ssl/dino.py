@@ -66,15 +66,15 @@ class DINO(JointEmbeddingMethod):
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         global_views, local_views = self.views(batch)
         h = self.encoder(torch.cat(global_views))
-        student = [self.head(h)]
-        if local_views:  # one forward per crop size (local crops are smaller)
-            student.append(self.head(self.encoder(torch.cat(local_views))))
-        student_out = list(torch.cat(student).chunk(len(global_views) + len(local_views)))
+        feats = [h]
+        if local_views:  # one encoder forward per crop size (local crops are smaller), one head forward for all
+            feats.append(self.encoder(torch.cat(local_views)))
+        student_out = list(self.head(torch.cat(feats)).chunk(len(global_views) + len(local_views)))
         with torch.no_grad():
             teacher_out = list(self.teacher_head(self.teacher_encoder(torch.cat(global_views)))
                                .chunk(len(global_views)))
         loss = self.criterion(student_out, teacher_out, epoch=self.current_epoch)
-        temp = torch.tensor(self.criterion.teacher_temperature(self.current_epoch))
+        temp = torch.tensor(self.criterion.teacher_temperature(self.current_epoch), device=loss.device)
         return {"loss": loss, "teacher_temp": temp, **self.collapse_metrics(h[: len(global_views[0])])}
 
     def on_after_backward(self) -> None:

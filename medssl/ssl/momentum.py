@@ -1,7 +1,9 @@
 """Momentum (EMA) targets: BYOL's target network, MoCo's key encoder, DINO's teacher.
 
 ``target <- m * target + (1 - m) * online`` for every parameter after each optimizer step, with ``m`` following
-BYOL's cosine schedule from ``base`` to ``final`` over training. Buffers (BatchNorm statistics) are copied.
+BYOL's cosine schedule from ``base`` to ``final`` over training. Buffers (BatchNorm running statistics) are *not*
+touched: the target keeps the statistics of its own forward passes, as in the BYOL / MoCo v3 / DINO reference code
+(copying the online network's would normalise the exported DINO teacher with another network's statistics).
 """
 from __future__ import annotations
 
@@ -33,11 +35,9 @@ def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """In-place ``target = momentum * target + (1 - momentum) * online`` (parameters); buffers are copied."""
+    """In-place ``target = momentum * target + (1 - momentum) * online`` for the parameters (buffers untouched)."""
     t_params, o_params = list(target.parameters()), list(online.parameters())
     if len(t_params) != len(o_params):
         raise ValueError("target and online networks have different parameter lists")
     for t, o in zip(t_params, o_params):
         t.lerp_(o.detach(), 1.0 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)

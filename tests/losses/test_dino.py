@@ -121,3 +121,11 @@ def test_errors() -> None:
         loss_fn([x, torch.randn(2, OUT + 1)], [x, x], epoch=0)
     with pytest.raises(ValueError):
         DINOLoss(OUT, num_global_crops=1)([x], [x], epoch=0)  # no pair to score
+
+
+def test_non_finite_teacher_output_leaves_the_centre() -> None:
+    loss = DINOLoss(4)
+    loss.update_center([torch.ones(2, 4), torch.ones(2, 4)])
+    centre = loss.center.clone()
+    loss.update_center([torch.full((2, 4), float("inf")), torch.ones(2, 4)])
+    assert torch.equal(loss.center, centre)

@@ -79,3 +79,10 @@ def test_enqueue_before_backward_needs_a_clone() -> None:
     queue.enqueue(k)
     loss.backward()
     assert q.grad is not None
+
+
+def test_non_finite_keys_are_not_enqueued() -> None:
+    queue = FeatureQueue(6, 3)
+    before = queue.queue.clone()
+    queue.enqueue(torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, 0.0]]))
+    assert torch.equal(queue.queue, before) and int(queue.ptr) == 0
