@@ -69,9 +69,11 @@ class JointEmbeddingMethod(SSLMethod):
     # --- collapse diagnostics ---------------------------------------------------------------------------------
     @staticmethod
     def collapse_metrics(features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``embedding_std`` and ``embedding_rank`` of a batch of encoder features (no gradient)."""
+        """``embedding_std`` and ``embedding_rank`` of a batch of encoder features (no gradient); NaN for a batch of
+        one item (the keys stay the same on every rank, which DDP's synchronised logging needs)."""
         if features.shape[0] < 2:
-            return {}
+            nan = features.new_tensor(float("nan"))
+            return {"embedding_std": nan, "embedding_rank": nan}
         f = features.detach()
         return {"embedding_std": embedding_std(f), "embedding_rank": effective_rank(f)}
 

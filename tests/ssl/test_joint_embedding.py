@@ -160,3 +160,18 @@ def test_moco_v2_queue_updates_in_training_only() -> None:
     method.compute_loss(batch, torch.Generator())["loss"].backward()
     assert not torch.equal(method.queue.queue, before)
     assert "queue.queue" in method.state_dict()  # saved in checkpoints -> exact resume
+
+
+def test_dino_global_crop_count_must_match_and_outputs_on_model_device() -> None:
+    method = make(DINO, 2)
+    batch = views_batch(4, 2, 8)
+    out = method.compute_loss(batch, torch.Generator())
+    assert all(v.device == method.device for v in out.values())  # logged with sync_dist: must live on the device
+    batch["global_views"].append(batch["global_views"][0])
+    with pytest.raises(MedsslError, match="num_global_crops"):
+        method.compute_loss(batch, torch.Generator())
+
+
+def test_single_item_batch_keeps_metric_keys() -> None:
+    out = make(SimCLR).compute_loss(views_batch(1, 2, 8), torch.Generator())
+    assert {"embedding_std", "embedding_rank"} <= set(out) and torch.isnan(out["embedding_std"])
