@@ -3,10 +3,10 @@
 Encoders follow one protocol: ``encoder(x) -> (B, encoder.feature_dim)`` pooled features, plus
 ``encoder.spatial_dims``, ``encoder.in_channels``, ``encoder.forward_features(x)`` and a JSON ``encoder.config``
 from which :func:`build_encoder` rebuilds the architecture. Their ``state_dict`` keys match MONAI's networks
-(``ViT`` / ``UNETR.vit``, ``SegResNet``, ``ResNet``) so pretrained weights load into MONAI segmenters.
+(``ViT`` / ``UNETR.vit``, ``SegResNet``, ``ResNet``, ``BasicUNet``) so pretrained weights load into MONAI segmenters.
 
-* :class:`ViTEncoder` (``vit.py``), :class:`SegResNetEncoder` (``cnn.py``) and :class:`ResNetEncoder`
-  (``resnet.py``): encoders; ``pos_embed.py`` resamples a ViT position table to another patch grid.
+* :class:`ViTEncoder` (``vit.py``), :class:`SegResNetEncoder` (``cnn.py``), :class:`ResNetEncoder`
+  (``resnet.py``) and :class:`BasicUNetEncoder` (``unet.py``): encoders; ``pos_embed.py`` resamples a ViT position table to another patch grid.
 * ``heads.py``: projection / prediction / DINO heads of the joint-embedding methods.
 * :class:`MaskedAutoencoder` (``mae.py``) and :class:`SimMIM` (``simmim.py``): masked-modelling wrappers.
 * ``registry.py``: :data:`ENCODERS`, :func:`build_encoder`, :func:`encoder_spec`.
@@ -16,11 +16,13 @@ from __future__ import annotations
 from medssl.models.cnn import SegResNetEncoder
 from medssl.models.mae import MaskedAutoencoder, sincos_position_embedding
 from medssl.models.resnet import ResNetEncoder
+from medssl.models.unet import BasicUNetEncoder
 from medssl.models.registry import ENCODERS, build_encoder, encoder_spec
 from medssl.models.simmim import SimMIM
 from medssl.models.vit import ViTEncoder
 
 __all__ = [
+    "BasicUNetEncoder",
     "ENCODERS",
     "MaskedAutoencoder",
     "ResNetEncoder",

@@ -22,7 +22,7 @@ DEFAULT_NORM: tuple[str, dict[str, Any]] = ("GROUP", {"num_groups": 8})
 
 
 def norm_to_json(norm: str | Sequence[Any]) -> str | list[Any]:
-    """MONAI norm spec (``"BATCH"`` or ``("GROUP", {...})``) as a JSON-friendly value."""
+    """MONAI layer spec (norm ``"BATCH"`` / ``("GROUP", {...})``, or an activation) as a JSON-friendly value."""
     if isinstance(norm, str):
         return norm
     name, args = norm

@@ -14,6 +14,7 @@ from torch import nn
 
 from medssl.models.cnn import SegResNetEncoder
 from medssl.models.resnet import ResNetEncoder
+from medssl.models.unet import BasicUNetEncoder
 from medssl.models.vit import ViTEncoder
 
 __all__ = ["ENCODERS", "build_encoder", "encoder_spec"]
@@ -22,6 +23,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "vit": ViTEncoder,
     "segresnet": SegResNetEncoder,
     "resnet": ResNetEncoder,
+    "basicunet": BasicUNetEncoder,
 }
 
 

@@ -8,6 +8,7 @@ import torch
 
 from medssl.models import (
     ENCODERS,
+    BasicUNetEncoder,
     ResNetEncoder,
     SegResNetEncoder,
     ViTEncoder,
@@ -27,11 +28,15 @@ CASES = [
                 "conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True}),
     ("resnet", {"in_channels": 2, "spatial_dims": 3, "block": "bottleneck", "layers": [1, 1, 1, 1],
                 "block_inplanes": [4, 4, 8, 8], "norm": ["group", {"num_groups": 4}]}),
+    ("basicunet", {"in_channels": 1, "spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]}),
+    ("basicunet", {"in_channels": 2, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4], "norm": "batch",
+                   "act": "relu"}),
 ]
 
 
 def test_registry_contents() -> None:
-    assert ENCODERS == {"vit": ViTEncoder, "segresnet": SegResNetEncoder, "resnet": ResNetEncoder}
+    assert ENCODERS == {"vit": ViTEncoder, "segresnet": SegResNetEncoder, "resnet": ResNetEncoder,
+                        "basicunet": BasicUNetEncoder}
 
 
 @pytest.mark.parametrize("name, kwargs", CASES)
@@ -47,7 +52,7 @@ def test_spec_round_trip(name: str, kwargs: dict) -> None:
     assert encoder_spec(rebuilt) == spec
     rebuilt.load_state_dict(encoder.state_dict())
     encoder.eval(), rebuilt.eval()
-    size = encoder.img_size if name == "vit" else (16,) * encoder.spatial_dims
+    size = encoder.img_size if name == "vit" else (32 if name == "basicunet" else 16,) * encoder.spatial_dims
     x = torch.randn(2, encoder.in_channels, *size)
     with torch.no_grad():
         assert torch.allclose(encoder(x), rebuilt(x))
@@ -60,7 +65,7 @@ def test_keyword_overrides_spec() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown encoder 'densenet'.*resnet.*segresnet.*vit"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'densenet'.*basicunet.*resnet.*segresnet.*vit"):
         build_encoder("densenet")
     with pytest.raises(ValueError, match="not a registered encoder"):
         encoder_spec(torch.nn.Linear(2, 2))

@@ -175,3 +175,18 @@ def test_dino_global_crop_count_must_match_and_outputs_on_model_device() -> None
 def test_single_item_batch_keeps_metric_keys() -> None:
     out = make(SimCLR).compute_loss(views_batch(1, 2, 8), torch.Generator())
     assert {"embedding_std", "embedding_rank"} <= set(out) and torch.isnan(out["embedding_std"])
+
+
+@pytest.mark.parametrize("encoder, kwargs, size", [
+    ("segresnet", {"in_channels": 1, "spatial_dims": 3, "init_filters": 4, "blocks_down": [1, 1]}, 8),
+    ("basicunet", {"in_channels": 1, "spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]}, 32),
+    ("vit", {"in_channels": 1, "img_size": [8, 8, 8], "patch_size": 4, "spatial_dims": 3, "hidden_size": 24,
+             "mlp_dim": 32, "num_layers": 1, "num_heads": 2}, 8),
+])
+def test_any_registry_encoder(encoder: str, kwargs: dict, size: int) -> None:
+    torch.manual_seed(0)
+    method = SimCLR(encoder=encoder, encoder_kwargs=kwargs, proj_hidden_dim=16, proj_dim=8)
+    out = method.compute_loss(views_batch(3, kwargs["spatial_dims"], size), torch.Generator())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in method.encoder.parameters()
+                                               if p.requires_grad)

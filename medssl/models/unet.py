@@ -1,0 +1,88 @@
+"""N-D U-Net encoder: the contracting half of MONAI's ``BasicUNet``.
+
+``BasicUNetEncoder`` holds ``conv_0`` and ``down_1`` ... ``down_4`` built by a MONAI ``BasicUNet`` with the same
+arguments, under the same attribute names, so its ``state_dict()`` keys are exactly the encoder keys of that
+``BasicUNet``: pretrained weights load into a MONAI U-Net for segmentation, whose decoder (``upcat_*``,
+``final_conv``) stays freshly initialised. (MONAI's other ``UNet`` is built recursively, encoder and decoder
+interleaved in nested ``Sequential`` modules, so it has no encoder half with stable keys.)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.networks.nets import BasicUNet
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from medssl.models.cnn import norm_to_json
+
+__all__ = ["BasicUNetEncoder"]
+
+
+class BasicUNetEncoder(nn.Module):
+    """Encoder half of MONAI ``BasicUNet`` (medssl encoder protocol: ``encoder(x) -> (B, feature_dim)``).
+
+    Args:
+        in_channels: image channels.
+        spatial_dims: 2 or 3.
+        features: BasicUNet's six feature sizes (the first five are the encoder's stages; the sixth belongs to
+            the decoder but is kept so the same list builds the matching segmentation network).
+        act, norm: MONAI activation / norm specs (BasicUNet's defaults: LeakyReLU 0.1, instance norm with affine).
+        bias, dropout: as in BasicUNet.
+        gradient_checkpointing: recompute each stage in the backward pass (training only).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        spatial_dims: int = 3,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        act: str | Sequence[Any] = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | Sequence[Any] = ("instance", {"affine": True}),
+        bias: bool = True,
+        dropout: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        feats = [int(f) for f in features]
+        if len(feats) != 6:
+            raise ValueError(f"features must have 6 entries (BasicUNet), got {feats}")
+        act_json, norm_json = norm_to_json(act), norm_to_json(norm)
+        full = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, features=feats,
+                         act=act_json if isinstance(act_json, str) else tuple(act_json),
+                         norm=norm_json if isinstance(norm_json, str) else tuple(norm_json), bias=bias,
+                         dropout=dropout)
+        # same attribute names as BasicUNet -> same state_dict keys; the decoder half is dropped
+        self.conv_0, self.down_1, self.down_2 = full.conv_0, full.down_1, full.down_2
+        self.down_3, self.down_4 = full.down_3, full.down_4
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.feature_dim = feats[4]
+        self.stage_channels = feats[:5]
+        self.stride = 16
+        self.gradient_checkpointing = gradient_checkpointing
+        self.config: dict[str, Any] = {
+            "in_channels": in_channels, "spatial_dims": spatial_dims, "features": feats, "act": act_json,
+            "norm": norm_json, "bias": bias, "dropout": dropout, "gradient_checkpointing": gradient_checkpointing,
+        }
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps ``x0`` ... ``x4`` (BasicUNet's skip connections), full resolution to 1/16."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected input (B, {self.in_channels}, <{self.spatial_dims} spatial axes>), got {tuple(x.shape)}"
+            )
+        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        feats: list[torch.Tensor] = []
+        for stage in (self.conv_0, self.down_1, self.down_2, self.down_3, self.down_4):
+            x = checkpoint(stage, x, use_reentrant=False) if use_ckpt else stage(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled feature vector ``(B, feature_dim)``: global average of the deepest stage."""
+        return self.forward_features(x)[-1].flatten(2).mean(dim=2)
