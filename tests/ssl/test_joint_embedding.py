@@ -178,7 +178,7 @@ def test_single_item_batch_keeps_metric_keys() -> None:
 
 
 @pytest.mark.parametrize("encoder, kwargs, size", [
-    ("segresnet", {"in_channels": 1, "spatial_dims": 3, "init_filters": 4, "blocks_down": [1, 1]}, 8),
+    ("segresnet", {"in_channels": 1, "spatial_dims": 3, "init_filters": 8, "blocks_down": [1, 1]}, 8),
     ("basicunet", {"in_channels": 1, "spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]}, 32),
     ("vit", {"in_channels": 1, "img_size": [8, 8, 8], "patch_size": 4, "spatial_dims": 3, "hidden_size": 24,
              "mlp_dim": 32, "num_layers": 1, "num_heads": 2}, 8),
