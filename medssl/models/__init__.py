@@ -7,27 +7,36 @@ from which :func:`build_encoder` rebuilds the architecture. Their ``state_dict``
 
 * :class:`ViTEncoder` (``vit.py``), :class:`SegResNetEncoder` (``cnn.py``), :class:`ResNetEncoder`
   (``resnet.py``) and :class:`BasicUNetEncoder` (``unet.py``): encoders; ``pos_embed.py`` resamples a ViT position table to another patch grid.
+* :class:`SwinEncoder` (``swin.py``): the ``swinViT`` of MONAI's ``SwinUNETR`` as a registry encoder.
+* :class:`EncoderClassifier` (``classifier.py``): any registry encoder + a linear head, built from an encoder card.
+* ``hub.py`` exports an encoder with its card and loads it back; ``transfer.py`` maps its keys into MONAI
+  segmentation / classification networks (``UNETR``, ``SwinUNETR``, ``SegResNet``, ``BasicUNet``, ``ResNet``,
+  ``ViT``) for :func:`medssl.models.hub.load_encoder`.
 * ``heads.py``: projection / prediction / DINO heads of the joint-embedding methods.
 * :class:`MaskedAutoencoder` (``mae.py``) and :class:`SimMIM` (``simmim.py``): masked-modelling wrappers.
 * ``registry.py``: :data:`ENCODERS`, :func:`build_encoder`, :func:`encoder_spec`.
 """
 from __future__ import annotations
 
+from medssl.models.classifier import EncoderClassifier
 from medssl.models.cnn import SegResNetEncoder
 from medssl.models.mae import MaskedAutoencoder, sincos_position_embedding
 from medssl.models.resnet import ResNetEncoder
 from medssl.models.unet import BasicUNetEncoder
 from medssl.models.registry import ENCODERS, build_encoder, encoder_spec
 from medssl.models.simmim import SimMIM
+from medssl.models.swin import SwinEncoder
 from medssl.models.vit import ViTEncoder
 
 __all__ = [
     "BasicUNetEncoder",
     "ENCODERS",
+    "EncoderClassifier",
     "MaskedAutoencoder",
     "ResNetEncoder",
     "SegResNetEncoder",
     "SimMIM",
+    "SwinEncoder",
     "ViTEncoder",
     "build_encoder",
     "encoder_spec",

@@ -36,19 +36,27 @@ class EncoderCardError(MedsslError):
 
 @dataclass
 class LoadReport:
-    """Outcome of :func:`load_encoder`: the module that received the weights and every key's fate."""
+    """Outcome of :func:`load_encoder`: the module that received the weights and every key's fate.
+
+    Keys are the network's (``prefix`` + the encoder's key), except ``unexpected``, which are the encoder file's.
+    """
 
     module: nn.Module
     card: dict[str, Any]
+    family: str = ""  # the target's family in medssl.models.transfer (e.g. "UNETR")
+    prefix: str = ""  # where the encoder's keys live in the network (e.g. "vit.")
     matched: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # in the network, not provided by the encoder
-    unexpected: list[str] = field(default_factory=list)  # in the encoder file, not used by the network
+    missing: list[str] = field(default_factory=list)  # should have come from the encoder, but did not
+    expected_missing: list[str] = field(default_factory=list)  # no encoder provides them: decoder, head
+    unexpected: list[str] = field(default_factory=list)  # in the encoder file, no place in the network
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, saved shape, network shape)
     reshaped: list[str] = field(default_factory=list)  # loaded after an explicit, reported reshape
+    notes: list[str] = field(default_factory=list)  # what was adapted (reshapes) or tolerated (allow_partial)
 
     def summary(self) -> str:
-        return (f"{len(self.matched)} matched, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                f"{len(self.mismatched)} shape-mismatched, {len(self.reshaped)} reshaped")
+        return (f"{len(self.matched)} matched, {len(self.missing)} missing, {len(self.expected_missing)} left to "
+                f"fine-tuning (decoder/head), {len(self.unexpected)} unexpected, {len(self.mismatched)} "
+                f"shape-mismatched, {len(self.reshaped)} reshaped")
 
 
 def export_encoder(encoder: nn.Module, out_dir: str | Path, *, method: str, preprocessing: dict[str, Any],
@@ -118,32 +126,22 @@ def load_encoder_state(card_or_path: str | Path | dict[str, Any]) -> tuple[dict[
 
 def load_encoder(card_or_path: str | Path | dict[str, Any], into: Optional[nn.Module] = None,
                  allow_partial: bool = False) -> LoadReport:
-    """Load an exported encoder.
+    """Load an exported encoder, alone or into a segmentation / classification network.
 
-    Without ``into``, the architecture is rebuilt from the card and every key must match exactly. With ``into``
-    (a module of the same architecture), the weights are loaded into it; unless ``allow_partial``, any missing,
-    unexpected or shape-mismatched key raises :class:`EncoderCardError` listing them.
+    Without ``into``, the architecture is rebuilt from the card and every key must match exactly. With ``into``,
+    the weights go where :mod:`medssl.models.transfer` maps them for that network's family (``UNETR``,
+    ``SwinUNETR``, ``SegResNet``, ``BasicUNet``, MONAI ``ResNet`` and ``ViT``, :class:`EncoderClassifier`, or a
+    registry encoder); a ViT position table is interpolated to the network's patch grid. Keys that the encoder
+    cannot provide by design (decoder, head) are reported as ``expected_missing``.
+
+    Raises :class:`EncoderCardError` for an unsupported network, a card of the wrong architecture or
+    ``spatial_dims``, and, unless ``allow_partial``, for any encoder key that cannot be placed (unexpected or
+    shape-mismatched), any other network key left missing, an input-channel or structural difference (layer
+    types, attention heads, norm groups). With ``allow_partial`` what fits is loaded, the rest reported (and the
+    tolerated differences listed in ``notes``); it still raises when nothing fits.
     """
+    from medssl.models.transfer import load_into  # transfer builds on this module (LoadReport, EncoderCardError)
+
     state, card = load_encoder_state(card_or_path)
     module = into if into is not None else build_encoder(**card["architecture"])
-    own = module.state_dict()
-    report = LoadReport(module=module, card=card)
-    usable = {}
-    for key, tensor in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != tensor.shape:
-            report.mismatched.append((key, tuple(tensor.shape), tuple(own[key].shape)))
-        else:
-            usable[key] = tensor
-            report.matched.append(key)
-    mismatched = {k for k, _, _ in report.mismatched}
-    report.missing = [k for k in own if k not in usable and k not in mismatched]
-    if not allow_partial and (report.missing or report.unexpected or report.mismatched):
-        raise EncoderCardError(f"encoder does not fit the network: {report.summary()}; missing "
-                               f"{report.missing[:5]}, unexpected {report.unexpected[:5]}, shape-mismatched "
-                               f"(saved -> network) {report.mismatched[:5]}")
-    if not report.matched:
-        raise EncoderCardError("no encoder weight matched the network")
-    module.load_state_dict(usable, strict=False)
-    return report
+    return load_into(state, card, module, allow_partial=allow_partial)

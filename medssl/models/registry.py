@@ -14,6 +14,7 @@ from torch import nn
 
 from medssl.models.cnn import SegResNetEncoder
 from medssl.models.resnet import ResNetEncoder
+from medssl.models.swin import SwinEncoder
 from medssl.models.unet import BasicUNetEncoder
 from medssl.models.vit import ViTEncoder
 
@@ -24,6 +25,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "segresnet": SegResNetEncoder,
     "resnet": ResNetEncoder,
     "basicunet": BasicUNetEncoder,
+    "swin": SwinEncoder,
 }
 
 

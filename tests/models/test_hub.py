@@ -44,16 +44,16 @@ def test_vit_encoder_loads_into_unetr(tmp_path):
     assert torch.equal(unetr.vit.blocks[0].attn.qkv.weight, _vit().blocks[0].attn.qkv.weight)
 
 
-def test_cnn_encoder_into_segresnet_needs_allow_partial(tmp_path):
+def test_cnn_encoder_into_segresnet_leaves_the_decoder_to_fine_tuning(tmp_path):
+    # the decoder cannot come from an encoder: it is reported apart (expected_missing), not as missing
     enc = SegResNetEncoder(in_channels=1, spatial_dims=3, init_filters=8, blocks_down=(1, 1, 1))
     export_encoder(enc, tmp_path, method="simmim", preprocessing=PLAN)
     net = SegResNet(spatial_dims=3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1),
                     blocks_up=(1, 1))
-    with pytest.raises(EncoderCardError, match="missing"):
-        load_encoder(tmp_path, into=net)
-    report = load_encoder(tmp_path, into=net, allow_partial=True)
-    assert not report.unexpected and len(report.matched) == len(enc.state_dict())
-    assert all(k.startswith(("up", "conv_final")) for k in report.missing)
+    report = load_encoder(tmp_path, into=net)
+    assert not report.unexpected and not report.missing and len(report.matched) == len(enc.state_dict())
+    assert report.expected_missing and all(k.startswith(("up", "conv_final")) for k in report.expected_missing)
+    assert "left to fine-tuning" in report.summary()
 
 
 def test_tampered_or_missing_weights_are_refused(tmp_path):

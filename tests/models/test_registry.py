@@ -11,6 +11,7 @@ from medssl.models import (
     BasicUNetEncoder,
     ResNetEncoder,
     SegResNetEncoder,
+    SwinEncoder,
     ViTEncoder,
     build_encoder,
     encoder_spec,
@@ -36,7 +37,7 @@ CASES = [
 
 def test_registry_contents() -> None:
     assert ENCODERS == {"vit": ViTEncoder, "segresnet": SegResNetEncoder, "resnet": ResNetEncoder,
-                        "basicunet": BasicUNetEncoder}
+                        "basicunet": BasicUNetEncoder, "swin": SwinEncoder}
 
 
 @pytest.mark.parametrize("name, kwargs", CASES)
@@ -65,7 +66,7 @@ def test_keyword_overrides_spec() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown encoder 'densenet'.*basicunet.*resnet.*segresnet.*vit"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'densenet'.*basicunet.*resnet.*segresnet.*swin.*vit"):
         build_encoder("densenet")
     with pytest.raises(ValueError, match="not a registered encoder"):
         encoder_spec(torch.nn.Linear(2, 2))
