@@ -1,6 +1,7 @@
 """The ``medssl`` console command. Each subcommand is a thin adapter from arguments to a library call.
 
-Data layer: ``phantoms``, ``index``, ``convert``. Exit codes: 0 success, 2 usage error, 3 data error (a typed
+Data layer: ``phantoms``, ``index``, ``convert``; training: ``pretrain``; transfer: ``evaluate``. Exit codes:
+0 success, 2 usage error (a bad ``evaluate`` protocol included), 3 data error (a typed
 :class:`medssl.errors.MedsslError`; its reason code is printed).
 """
 from __future__ import annotations
@@ -121,11 +122,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(p)
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("evaluate", help="few-label protocol: linear probe / kNN / fine-tune / scratch over label "
+                                         "fractions and seeds (YAML under configs/finetune/)")
+    p.add_argument("--protocol", required=True,
+                   help="protocol YAML (fields of medssl.finetune.protocol.ProtocolConfig)")
+    p.add_argument("--encoder", help="exported encoder card (encoder.json or its folder); overrides the YAML")
+    p.add_argument("--out", help="output folder (default: runs/<protocol file name>)")
+    p.add_argument("--path", help="MedMNIST-format .npz; overrides the YAML")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument("--fractions", type=float, nargs="+", help="override the label fractions")
+    p.add_argument("--counts", type=int, nargs="+", help="override the label counts")
+    p.add_argument("--methods", nargs="+", help="override the methods (linear_probe knn finetune scratch)")
+    p.add_argument("--epochs", type=int, help="override the fine-tuning epochs")
+    p.add_argument("--max-eval", type=int, dest="max_eval", help="cap validation and test items (stratified)")
+    p.add_argument("--no-plot", action="store_true", help="skip the label-efficiency PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("pretrain", add_help=False,
                        help="self-supervised pretraining from a YAML config (LightningCLI; see --help)")
     p.add_argument("cli_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_pretrain)
     return parser
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Load the protocol YAML (+ overrides), run it, print the report table."""
+    from medssl.finetune.protocol import ProtocolConfig, ProtocolConfigError, run_protocol
+
+    overrides = {k: getattr(args, k) for k in ("encoder", "path", "seeds", "fractions", "counts", "methods", "epochs",
+                                               "max_eval")}
+    if args.no_plot:
+        overrides["plot"] = False
+    if args.fractions is not None and args.counts is None:
+        overrides["counts"] = []  # budgets given on the command line replace those of the file
+    if args.counts is not None and args.fractions is None:
+        overrides["fractions"] = []
+    try:
+        cfg = ProtocolConfig.from_yaml(args.protocol, **overrides)
+    except ProtocolConfigError as exc:
+        console.print(f"[red]error[/] {escape(str(exc))}")
+        return 2
+    out = Path(args.out) if args.out else Path("runs") / Path(args.protocol).stem
+    records = run_protocol(cfg, out, progress=not args.quiet)
+    stem = Path(cfg.path).stem
+    console.print((out / f"label_efficiency_{stem}.md").read_text(), markup=False, soft_wrap=True)
+    console.print(f"{len(records)} records; wrote {escape(str(out / f'label_efficiency_{stem}.json'))} and .md"
+                  + ("" if not cfg.plot else " and .png"))
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -1,0 +1,96 @@
+"""Evaluation metrics of the fine-tuning protocols: classification (from :mod:`medssl.eval.probe`) and segmentation.
+
+* :func:`classification_metrics` is :func:`medssl.eval.probe.classification_metrics` (accuracy, balanced accuracy,
+  AUROC from class probabilities), re-exported here so that protocols import every metric from one place.
+* :func:`segmentation_metrics` gives the Dice coefficient and the 95th-percentile Hausdorff distance (HD95) of
+  each foreground label of one predicted label map against the reference, through MONAI's ``compute_dice`` and
+  ``compute_hausdorff_distance(percentile=95)`` on one-hot tensors. HD95 is symmetric (the larger of the two
+  directed 95th percentiles of the distances between the masks' surface voxels), in millimetres when ``spacing``
+  is given, else in voxels.
+
+Empty masks, per label (MONAI's defaults would give NaN Dice and a warning instead):
+
+* prediction and reference both empty: Dice 1.0 (nothing to find, nothing found), HD95 NaN (no surface);
+* exactly one of them empty: Dice 0.0, HD95 NaN (a distance to nothing is undefined, not infinite);
+* both present: Dice ``2|P and R| / (|P| + |R|)`` and the HD95 above.
+
+Average over cases and labels with ``np.nanmean`` and report how many NaN HD95 values were left out.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medssl.eval.probe import classification_metrics
+
+__all__ = ["classification_metrics", "segmentation_metrics"]
+
+
+def _label_map(value: Any, name: str) -> torch.Tensor:
+    arr = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if hasattr(arr, "as_tensor"):  # MetaTensor: the metric needs plain values only
+        arr = arr.as_tensor()
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be one label map of shape (H, W) or (H, W, D), got {tuple(arr.shape)}")
+    if arr.is_floating_point():
+        if not torch.all(arr == arr.round()):
+            raise ValueError(f"{name} must hold whole class indices, found fractional values")
+    elif arr.dtype == torch.bool:
+        arr = arr.to(torch.int64)
+    return arr.to(torch.int64)
+
+
+def segmentation_metrics(pred_labels: Any, true_labels: Any, num_classes: int,
+                         spacing: float | Sequence[float] | None = None,
+                         include_background: bool = False) -> dict[str, Any]:
+    """Per-label Dice and HD95 of one case (see module docstring for the empty-mask conventions).
+
+    Args:
+        pred_labels: predicted label map ``(H, W)`` or ``(H, W, D)`` of class indices (numpy or torch).
+        true_labels: reference label map of the same shape.
+        num_classes: number of classes including the background (label 0).
+        spacing: voxel size per axis (or one number, isotropic) in mm; HD95 is then in mm, otherwise in voxels.
+        include_background: also report label 0.
+
+    Returns:
+        ``{"dice": {label: float}, "hd95": {label: float}, "labels": [labels], "hd95_unit": "mm" | "voxel"}``.
+    """
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    pred, true = _label_map(pred_labels, "pred_labels"), _label_map(true_labels, "true_labels")
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_labels {tuple(pred.shape)} and true_labels {tuple(true.shape)} differ in shape")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + at least one label), got {num_classes}")
+    for name, arr in (("pred_labels", pred), ("true_labels", true)):
+        if arr.numel() and (int(arr.min()) < 0 or int(arr.max()) >= num_classes):
+            raise ValueError(f"{name} holds labels {int(arr.min())}..{int(arr.max())}, outside 0..{num_classes - 1}")
+    dims = pred.ndim
+    if spacing is not None:
+        spacing = [float(spacing)] * dims if np.isscalar(spacing) else [float(s) for s in spacing]
+        if len(spacing) != dims or any(s <= 0 for s in spacing):
+            raise ValueError(f"spacing must be one positive number or {dims} of them, got {spacing}")
+    # (1, C, *spatial) one-hot, as MONAI's metrics expect
+    p1h = one_hot(pred[None, None], num_classes=int(num_classes), dim=1).bool()
+    t1h = one_hot(true[None, None], num_classes=int(num_classes), dim=1).bool()
+    dice = compute_dice(p1h.float(), t1h.float(), include_background=True, ignore_empty=False,
+                        num_classes=int(num_classes))[0]
+    labels = list(range(0 if include_background else 1, int(num_classes)))
+    out: dict[str, Any] = {"dice": {}, "hd95": {}, "labels": labels, "hd95_unit": "voxel" if spacing is None else "mm"}
+    for c in labels:
+        out["dice"][c] = float(dice[c])
+        if not (p1h[0, c].any() and t1h[0, c].any()):
+            out["hd95"][c] = math.nan
+            continue
+        with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes to itself
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            hd = compute_hausdorff_distance(p1h[:, c:c + 1].float(), t1h[:, c:c + 1].float(),
+                                            include_background=True, percentile=95, spacing=spacing)
+        out["hd95"][c] = float(hd[0, 0])
+    return out
