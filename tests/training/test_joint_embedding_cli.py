@@ -7,13 +7,13 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from medssl.models.hub import load_encoder
 from medssl.training.cli import PretrainCLI
 from tests.conftest import REPO
+from tests.training.crash import Crash
 
 CONFIGS = REPO / "configs" / "pretrain"
 TINY = ["simclr2d_tiny.yaml", "moco3d_tiny.yaml", "byol2d_tiny.yaml", "simsiam3d_tiny.yaml", "dino2d_tiny.yaml"]
@@ -49,15 +49,6 @@ def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs, one_thread):
     assert not report.missing and not report.unexpected
     exported = cli.model.encoder_module.state_dict()
     assert all(torch.equal(exported[k], v) for k, v in report.module.state_dict().items())
-
-
-class Crash(L.Callback):
-    def __init__(self, after: int):
-        self.after = after
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.after:
-            raise RuntimeError("simulated kill")
 
 
 @pytest.mark.parametrize("config, extra", [("dino2d_tiny.yaml", ()), ("byol2d_tiny.yaml", ()),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from medssl.models.hub import load_encoder
 from medssl.training.cli import PretrainCLI
 from tests.conftest import REPO
+from tests.training.crash import Crash
 
 CONFIGS = REPO / "configs" / "pretrain"
 
@@ -50,17 +50,6 @@ def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs):
     assert not report.missing and not report.unexpected
     trained = cli.model.encoder.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in report.module.state_dict().items())
-
-
-class Crash(L.Callback):
-    """Simulates the process dying right after the checkpoint of step ``after`` was written."""
-
-    def __init__(self, after: int):
-        self.after = after
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.after:
-            raise RuntimeError("simulated kill")
 
 
 def test_exact_resume_is_bitwise(tmp_path, data_dirs):
