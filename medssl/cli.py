@@ -1,7 +1,7 @@
 """The ``medssl`` console command. Each subcommand is a thin adapter from arguments to a library call.
 
-Data layer: ``phantoms``, ``index``, ``convert``; training: ``pretrain``; transfer: ``evaluate``. Exit codes:
-0 success, 2 usage error (a bad ``evaluate`` protocol included), 3 data error (a typed
+Data layer: ``phantoms``, ``index``, ``convert``; training: ``pretrain``; transfer: ``evaluate``, ``predict``.
+Exit codes: 0 success, 2 usage error (a bad ``evaluate`` protocol included), 3 data error (a typed
 :class:`medssl.errors.MedsslError`; its reason code is printed).
 """
 from __future__ import annotations
@@ -139,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="run a fine-tuned segmenter (label maps on the input grid + volumes.csv) or "
+                                        "classifier (probabilities.csv) on NIfTI / DICOM / MedMNIST .npz input")
+    p.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint (.ckpt)")
+    p.add_argument("input", help="NIfTI file or folder, DICOM series folder or archive, or MedMNIST .npz")
+    p.add_argument("out_dir", help="output folder")
+    p.add_argument("--split", choices=["train", "val", "test"], help="split of an .npz input (default test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tilt", choices=["error", "correct"], default="error", help="DICOM gantry tilt (as for index)")
+    p.add_argument("--uneven", choices=["error", "resample"], default="error",
+                   help="DICOM uneven slice spacing (as for index)")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("pretrain", add_help=False,
                        help="self-supervised pretraining from a YAML config (LightningCLI; see --help)")
     p.add_argument("cli_args", nargs=argparse.REMAINDER)
@@ -169,6 +181,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     console.print((out / f"label_efficiency_{stem}.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"{len(records)} records; wrote {escape(str(out / f'label_efficiency_{stem}.json'))} and .md"
                   + ("" if not cfg.plot else " and .png"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict with a fine-tuned checkpoint; print counts, skipped inputs by reason, and what was written."""
+    from collections import Counter
+
+    from medssl.finetune.predict import run_predict
+
+    if args.split and not args.input.lower().endswith(".npz"):
+        console.print("[red]error[/] --split applies to a MedMNIST .npz input only")
+        return 2
+    summary = run_predict(args.checkpoint, args.input, args.out_dir, split=args.split, progress=not args.quiet,
+                          tilt=args.tilt, uneven=args.uneven)
+    counts = summary["counts"]
+    console.print(f"{summary['task']}: {counts['written']} of {counts['cases']} case(s) predicted, "
+                  f"{counts['skipped']} input(s) skipped")
+    for reason, n in Counter(s["reason"] for s in summary["skipped"]).most_common():
+        console.print(f"  skipped {n} x {reason}")
+    table = "volumes.csv" if summary["task"] == "segmentation" else "probabilities.csv"
+    console.print(f"wrote {escape(str(Path(args.out_dir) / table))} and predict.json")
     return 0
 
 

@@ -125,6 +125,7 @@ class ClassificationFinetuner(L.LightningModule):
         self.save_hyperparameters(ignore=["optim"])
         self.hparams["optim"] = asdict(self.optim)  # plain containers: checkpoints load with weights_only=True
         self.hparams["architecture"] = dict(architecture)
+        self.hparams["task"] = "classification"  # what `medssl predict` dispatches on
         self._set_encoder_frozen(self.encoder_frozen)
 
     # --- freezing ---------------------------------------------------------------------------------------------
