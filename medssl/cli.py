@@ -158,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _protocol_task(file: str) -> str:
+    """``task`` of a protocol YAML (classification when absent or unreadable: its loader then reports why)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(file).read_text())
+    except (OSError, yaml.YAMLError):
+        return "classification"
+    return str(data.get("task", "classification")) if isinstance(data, dict) else "classification"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Load the protocol YAML (+ overrides), run it, print the report table."""
     from medssl.finetune.protocol import ProtocolConfig, ProtocolConfigError, run_protocol
@@ -171,13 +182,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.counts is not None and args.fractions is None:
         overrides["fractions"] = []
     try:
-        cfg = ProtocolConfig.from_yaml(args.protocol, **overrides)
+        if _protocol_task(args.protocol) == "segmentation":
+            from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
+
+            seg_overrides = {k: v for k, v in overrides.items() if k in ("encoder", "seeds", "counts", "methods",
+                                                                             "epochs", "plot")}
+            if args.path or args.fractions or args.max_eval:
+                raise ProtocolConfigError("--path/--fractions/--max-eval", "apply to classification protocols only")
+            cfg = SegProtocolConfig.from_yaml(args.protocol, **seg_overrides)
+            run, stem = run_seg_protocol, cfg.name
+        else:
+            cfg = ProtocolConfig.from_yaml(args.protocol, **overrides)
+            run, stem = run_protocol, Path(cfg.path).stem
     except ProtocolConfigError as exc:
         console.print(f"[red]error[/] {escape(str(exc))}")
         return 2
     out = Path(args.out) if args.out else Path("runs") / Path(args.protocol).stem
-    records = run_protocol(cfg, out, progress=not args.quiet)
-    stem = Path(cfg.path).stem
+    records = run(cfg, out, progress=not args.quiet)
     console.print((out / f"label_efficiency_{stem}.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"{len(records)} records; wrote {escape(str(out / f'label_efficiency_{stem}.json'))} and .md"
                   + ("" if not cfg.plot else " and .png"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -96,8 +97,8 @@ class VolumeSource(DataSource):
         train = ScanDataset([scans[i] for i in train_idx], cache, transform=request.train_transform, **common)
         val = (ScanDataset([scans[i] for i in val_idx], cache, transform=request.val_transform, **common)
                if val_idx else None)
-        self._counts = {"scans": len(scans), "train_scans": len(train_idx), "val_scans": len(val_idx),
-                        "train_items": len(train), "val_items": len(val) if val is not None else 0}
+        self._counts.update({"scans": len(scans), "train_scans": len(train_idx), "val_scans": len(val_idx),
+                             "train_items": len(train), "val_items": len(val) if val is not None else 0})
         return train, val
 
     def preprocessing(self) -> dict[str, Any]:
@@ -124,21 +125,52 @@ class ArchiveIndex(VolumeSource):
 
 class NiftiFiles(VolumeSource):
     """NIfTI volumes matching glob ``pattern`` (e.g. ``data/imagesTr/*.nii.gz``), sorted by path. Several
-    ``channels`` patterns (one per sequence, matched file-by-file in sorted order) give multi-channel scans."""
+    ``channels`` patterns (one per sequence, matched file-by-file in sorted order) give multi-channel scans.
+
+    ``exclude_split``: a recorded case split (JSON with ``"val"`` / ``"test"`` lists of case ids, as written by
+    :func:`medssl.finetune.seg_cases.split_cases` and the segmentation protocol): scans whose case id (file name
+    without ``.nii[.gz]`` and without an MSD channel suffix ``_0000``) is listed under ``exclude_parts`` are left
+    out, so pretraining never sees the images a fine-tuned model is validated or tested on. The number left out is
+    in :meth:`summary` (and so in the encoder card).
+    """
 
     def __init__(self, pattern: str | list[str], plan: PreprocessPlan = PreprocessPlan(),
-                 cache_dir: str = ".medssl_cache", val_fraction: float = 0.1):
+                 cache_dir: str = ".medssl_cache", val_fraction: float = 0.1, exclude_split: Optional[str] = None,
+                 exclude_parts: Sequence[str] = ("val", "test")):
         super().__init__(plan, cache_dir, val_fraction)
         self.patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        self.exclude_split, self.exclude_parts = exclude_split, tuple(exclude_parts)
+
+    def _excluded_ids(self) -> set[str]:
+        if self.exclude_split is None:
+            return set()
+        path = Path(self.exclude_split)
+        if not path.is_file():
+            raise FileNotFoundError(f"exclude_split file not found: {path}")
+        split = json.loads(path.read_text())
+        missing = [p for p in self.exclude_parts if p not in split]
+        if missing:
+            raise ValueError(f"{path} has no {missing} lists of case ids (keys: {sorted(split)})")
+        return {str(i) for p in self.exclude_parts for i in split[p]}
 
     def _scans(self) -> tuple[list[Any], None]:
         per_channel = [sorted(glob.glob(p)) for p in self.patterns]
         counts = {p: len(files) for p, files in zip(self.patterns, per_channel)}
         if len(set(counts.values())) != 1:
             raise ValueError(f"channel patterns match different numbers of files: {counts}")
+        excluded = self._excluded_ids()
+        keep = [i for i, f in enumerate(per_channel[0]) if case_id(f) not in excluded]
+        self._counts["excluded_scans"] = len(per_channel[0]) - len(keep)
         if len(per_channel) == 1:
-            return [Path(f) for f in per_channel[0]], None
-        return [tuple(Path(f) for f in files) for files in zip(*per_channel)], None
+            return [Path(per_channel[0][i]) for i in keep], None
+        return [tuple(Path(files[i]) for files in per_channel) for i in keep], None
+
+
+def case_id(path: str | Path) -> str:
+    """Case id of a NIfTI file: its name without ``.nii``/``.nii.gz`` and without an MSD channel suffix."""
+    name = Path(path).name
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else Path(name).stem
+    return re.sub(r"_\d{4}$", "", stem)
 
 
 class Phantoms(NiftiFiles):

@@ -1,0 +1,208 @@
+"""Segmentation data prepared exactly as the encoder's pretraining data was, and checked against the card first.
+
+**Preprocessing.** Images and labels go through a :class:`~medssl.data.cache.PreprocessCache` with the encoder
+card's :class:`~medssl.data.plan.PreprocessPlan` (labels with ``plan.for_labels()``: same geometry, nearest
+neighbour, integers), so a fine-tuned encoder sees what it saw in pretraining. :func:`resolve_plan` picks the plan
+and returns a record of where it came from (``"card"``, ``"config"`` for runs without a card, or ``"override"``).
+
+**Contradiction checks** (:class:`~medssl.finetune.seg_cases.SegmentationDataError`, reason ``bad_config``,
+naming the offending file):
+
+* the card's ``spatial_dims`` differs from the task's (:func:`check_card_dims`);
+* the card's ``in_channels`` differs from the cases' image channels (:func:`check_cases`);
+* a given plan differs from the card's, or the card records no volume plan (``"kind": "medmnist"``: 2-D 8-bit
+  images scaled to [0, 1], nothing a volume can be prepared like), unless ``override_plan=True``, which the record
+  keeps with the card's preprocessing beside it;
+* the card's plan does not hash to the fingerprint the card recorded (edited card, or another cache format);
+* a ``ct_window`` plan on images that are clearly not Hounsfield units. The rule (:func:`check_hu`): a CT in HU
+  holds voxels below water (0 HU: air -1000, lung -800, fat -100) and spans far more than 20 units, so an image
+  whose raw minimum is >= 0, or whose raw range is < 20, is not HU: an MR scan, CT stored as unsigned raw values
+  (HU + 1024 without the rescale), or data already normalised. A CT crop lying wholly inside soft tissue would be
+  refused too: pass ``hu_check=False`` for it. The check reads the raw images of up to :data:`HU_CHECK_CASES`
+  cases spread over the list (modality is a property of the whole data set);
+* an image and its label on different grids: :func:`~medssl.data.nifti.check_same_grid` on the raw headers raises
+  :class:`~medssl.errors.NiftiError` (``shape_mismatch``) naming both files, before anything is cached.
+
+**Datasets.** :class:`SegmentationPatches` (training): random ``roi_size`` crops centred on a foreground or a
+background voxel with probability ``pos / (pos + neg)`` (MONAI ``RandCropByPosNegLabeld``), zero-padded first
+when the volume is smaller, then random flips along every axis; in 2-D the items are the slices along
+the last voxel axis. :class:`SegmentationVolumes` (validation / test): whole preprocessed volumes with their affine,
+voxel spacing (mm) and case id. Randomness is seeded from ``(seed, epoch, index)`` by
+:class:`~medssl.data.dataset.ScanDataset` (:meth:`SegmentationPatches.set_epoch`).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+from torch.utils.data import Dataset
+
+from medssl.data.cache import PreprocessCache
+from medssl.data.dataset import ScanDataset
+from medssl.data.loading import load_volume
+from medssl.data.nifti import check_same_grid
+from medssl.data.plan import PreprocessPlan
+from medssl.finetune.seg_cases import (
+    SegmentationCase,
+    SegmentationDataError,
+    num_channels,
+)
+
+__all__ = ["HU_CHECK_CASES", "SegmentationPatches", "SegmentationVolumes", "check_card_dims", "check_cases",
+           "check_hu", "resolve_plan"]
+
+HU_CHECK_CASES = 3  # cases whose raw intensities check_hu reads (first, middle, last)
+HU_MIN_SPAN = 20.0  # a CT in HU spans far more than this
+
+
+def resolve_plan(card: dict[str, Any] | None, card_path: str | Path | None,
+                 plan: PreprocessPlan | dict[str, Any] | None = None,
+                 override_plan: bool = False) -> tuple[PreprocessPlan, dict[str, Any]]:
+    """The plan to prepare the task's data with, and a JSON record of where it came from (see module docstring)."""
+    given = PreprocessPlan.from_dict(plan) if isinstance(plan, dict) else plan
+    files = [card_path] if card_path else []
+    if card is None:
+        if given is None:
+            raise SegmentationDataError("a run without an encoder card needs plan= (the task's preprocessing)")
+        return given, {"source": "config", "plan": given.to_dict(), "fingerprint": given.fingerprint()}
+    pre = card.get("preprocessing") or {}
+    card_plan, problem = None, None
+    if pre.get("kind") == "plan":
+        card_plan = PreprocessPlan.from_dict(pre["plan"])
+        recorded = pre.get("fingerprint")
+        if recorded is not None and recorded != card_plan.fingerprint():
+            problem = ("the card's plan does not hash to the fingerprint it records (an edited card, or one written "
+                       "with another cache format): its data preparation cannot be reproduced")
+    elif pre.get("kind") == "medmnist":
+        problem = ("the encoder was pretrained on MedMNIST arrays (2-D 8-bit images scaled to [0, 1]), not on "
+                   "volumes prepared by a plan: volume segmentation cannot reproduce that preprocessing")
+    else:
+        problem = f"the card records no volume preprocessing plan (preprocessing kind {pre.get('kind')!r})"
+    if problem is None and (given is None or given == card_plan):
+        return card_plan, {"source": "card", "plan": card_plan.to_dict(), "fingerprint": card_plan.fingerprint()}
+    if problem is None:
+        diff = {k: [v, card_plan.to_dict()[k]] for k, v in given.to_dict().items() if v != card_plan.to_dict()[k]}
+        problem = f"the given plan differs from the card's (field: [given, card]) {diff}"
+    if not override_plan or given is None:
+        hint = "pass plan= and override_plan=True to use another one" if given is None else \
+            "leave plan out to use the card's, or pass override_plan=True (recorded)"
+        raise SegmentationDataError(f"{problem}; {hint}", files)
+    return given, {"source": "override", "plan": given.to_dict(), "fingerprint": given.fingerprint(),
+                   "reason": problem, "card_preprocessing": pre}
+
+
+def check_card_dims(card: dict[str, Any], card_path: str | Path | None, spatial_dims: int) -> None:
+    """Raise unless the card's encoder is ``spatial_dims``-D (2-D tasks segment the slices of volumes)."""
+    if int(card["spatial_dims"]) != int(spatial_dims):
+        raise SegmentationDataError(f"the encoder card is {card['spatial_dims']}-D but the task is {spatial_dims}-D "
+                                    "segmentation", [card_path] if card_path else [])
+
+
+def check_cases(cases: Sequence[SegmentationCase], *, plan: PreprocessPlan, in_channels: int,
+                card_path: str | Path | None = None, hu_check: bool = True) -> None:
+    """Channels vs ``in_channels``, raw image/label grids, and (``ct_window`` plans) :func:`check_hu`."""
+    if not cases:
+        raise SegmentationDataError("no cases")
+    where = "the encoder card" if card_path else "the network"
+    for case in cases:
+        found = num_channels(case)
+        if found != in_channels:
+            raise SegmentationDataError(f"case {case.case_id!r} has {found} image channel(s) but {where} expects "
+                                        f"{in_channels}", [*case.image, *([card_path] if card_path else [])])
+        for image in case.image:
+            check_same_grid(image, case.label)  # NiftiError(shape_mismatch) naming both files
+    if hu_check and plan.intensity == "ct_window":
+        check_hu(cases)
+
+
+def check_hu(cases: Sequence[SegmentationCase], max_cases: int = HU_CHECK_CASES) -> None:
+    """Raise when the raw images are clearly not Hounsfield units (rule in the module docstring)."""
+    picks = sorted({round(i * (len(cases) - 1) / max(1, max_cases - 1)) for i in range(max_cases)})
+    for case in (cases[i] for i in picks if i < len(cases)):
+        for f in case.image:
+            vol = load_volume(f).as_tensor()
+            lo, hi = float(vol.min()), float(vol.max())
+            if lo >= 0 or hi - lo < HU_MIN_SPAN:
+                raise SegmentationDataError(
+                    f"the plan's ct_window expects CT in Hounsfield units, but raw intensities [{lo:g}, {hi:g}] are "
+                    f"not HU (a CT in HU has voxels below 0 and spans more than {HU_MIN_SPAN:g}): use a plan made "
+                    "for this modality, or pass hu_check=False if these really are HU", [f])
+
+
+def _scans(cases: Sequence[SegmentationCase], cache: PreprocessCache, **kwargs: Any) -> ScanDataset:
+    return ScanDataset([tuple(c.image) for c in cases], cache, label_sources=[c.label for c in cases], **kwargs)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+class SegmentationPatches(Dataset):
+    """Training crops ``{"image": (C, *roi) float32, "label": (1, *roi) int64}`` (see module docstring).
+
+    In 2-D the items are crops of the slices along the last voxel axis (axial for the plan's RAS orientation), the
+    axis :meth:`medssl.finetune.segmentation.SegmentationFinetuner.predict_logits` slices volumes along.
+
+    Args:
+        cases: labelled training cases.
+        cache: image cache holding the plan (labels use ``plan.for_labels()`` under the same root).
+        roi_size: crop size, ``spatial_dims`` entries.
+        spatial_dims: 3 (volumes) or 2 (slices).
+        pos, neg: foreground / background crop-centre weights (MONAI ``RandCropByPosNegLabeld``).
+        flip_prob: probability of a flip along each spatial axis.
+        seed: base seed of the crops and flips.
+    """
+
+    def __init__(self, cases: Sequence[SegmentationCase], cache: PreprocessCache, *, roi_size: Sequence[int],
+                 spatial_dims: int = 3, pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5, seed: int = 0):
+        roi = [int(r) for r in roi_size]
+        if len(roi) != spatial_dims:
+            raise ValueError(f"roi_size {roi} does not have {spatial_dims} axes")
+        if pos < 0 or neg < 0 or pos + neg == 0:
+            raise ValueError(f"pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
+        keys = ["image", "label"]
+        transform = Compose([
+            SpatialPadd(keys, spatial_size=roi),
+            RandCropByPosNegLabeld(keys, "label", spatial_size=roi, pos=pos, neg=neg, num_samples=1),
+            *(RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in range(spatial_dims)),
+        ])
+        self.cases = list(cases)
+        self.scans = _scans(self.cases, cache, spatial_dims=spatial_dims, slice_axis=2, transform=transform,
+                            seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select this epoch's (reproducible) crops and flips."""
+        self.scans.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():  # a slice or volume without foreground: background crops, as intended
+            warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
+            item = self.scans[index]
+        item = item[0] if isinstance(item, list) else item
+        return {"image": _plain(item["image"]).to(torch.float32), "label": _plain(item["label"]).to(torch.int64)}
+
+
+class SegmentationVolumes(Dataset):
+    """Whole volumes ``{"image": (C, *S) float32, "label": (1, *S) int64, "affine": 4x4, "spacing": (3,) mm,
+    "case_id": str}`` for validation and test, on the plan's grid."""
+
+    def __init__(self, cases: Sequence[SegmentationCase], cache: PreprocessCache):
+        self.cases = list(cases)
+        self.scans = _scans(self.cases, cache, spatial_dims=3)
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.scans[index]
+        affine = torch.as_tensor(item["image"].affine, dtype=torch.float64)
+        return {"image": _plain(item["image"]).to(torch.float32), "label": _plain(item["label"]).to(torch.int64),
+                "affine": affine, "spacing": torch.linalg.norm(affine[:3, :3], dim=0),
+                "case_id": self.cases[index].case_id}

@@ -1,0 +1,184 @@
+"""Training, evaluating and the one-call fit of a :class:`~medssl.finetune.segmentation.SegmentationFinetuner`.
+
+* :func:`train_segmenter`: Lightning fit with the best checkpoint by ``val/dice`` (``ModelCheckpoint``) and
+  ``EarlyStopping(patience)``; the best checkpoint is restored with ``torch.load(weights_only=True)``.
+* :func:`evaluate_segmenter`: per-label Dice and HD95 (mm) of whole volumes, by sliding-window inference.
+* :func:`fit_segmenter`: cases in, test metrics out (checks, cache, datasets, training, evaluation), the
+  segmentation counterpart of :func:`medssl.finetune.classification.fit_classifier`, used by the protocols.
+
+Runs are deterministic given ``seed`` (network init and training inside a forked torch random state, crops seeded
+per (seed, epoch, item), the data order from the loader's own generator); the caller's random state is untouched.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medssl.data.cache import PreprocessCache
+from medssl.eval.metrics import segmentation_metrics
+from medssl.finetune.classification import _quiet_lightning
+from medssl.finetune.seg_cases import SegmentationCase
+from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
+from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
+from medssl.models.hub import read_card
+from medssl.training.optim import OptimConfig
+
+__all__ = ["evaluate_segmenter", "fit_segmenter", "train_segmenter"]
+
+
+def train_segmenter(module: SegmentationFinetuner, train_ds: Dataset, val_ds: Dataset, *, epochs: int,
+                    batch_size: int, seed: int = 0, patience: int | None = None, val_every_n_epochs: int = 1,
+                    run_dir: str | Path | None = None, accelerator: str = "cpu",
+                    progress: bool = False) -> dict[str, Any]:
+    """Train ``module`` and leave it holding its best checkpoint by ``val/dice``; return what happened.
+
+    As :func:`medssl.finetune.classification.train_classifier`: ``run_dir`` keeps ``checkpoints/best.ckpt`` and
+    ``metrics.csv`` (else a temporary folder is used and removed), validation every ``val_every_n_epochs`` epochs
+    (one whole volume per batch), ``patience`` validations without improvement stop early, the model and data order
+    are seeded inside a forked random state, and the best checkpoint is restored with ``weights_only=True``.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    if epochs < 1 or batch_size < 1 or val_every_n_epochs < 1 or (patience is not None and patience < 1):
+        raise ValueError(f"need epochs, batch_size, val_every_n_epochs >= 1 and patience None or >= 1, got "
+                         f"{epochs}, {batch_size}, {val_every_n_epochs}, {patience}")
+    scratch = tempfile.TemporaryDirectory(prefix="medssl-segment-") if run_dir is None else None
+    root = Path(scratch.name if scratch is not None else run_dir)
+    try:
+        best = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=MONITOR, mode="max",
+                               save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
+                               enable_version_counter=False)
+        stopper = EarlyStopping(monitor=MONITOR, mode="max", patience=patience) if patience else None
+        with _quiet_lightning():
+            trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs,
+                                logger=CSVLogger(root, name="", version="") if run_dir is not None else False,
+                                callbacks=[best, *([stopper] if stopper else [])], enable_progress_bar=progress,
+                                enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                                check_val_every_n_epoch=val_every_n_epochs, default_root_dir=str(root))
+            module.train()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=0,
+                                   generator=torch.Generator().manual_seed(int(seed)))
+                trainer.fit(module, train, DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=0))
+        if not best.best_model_path:
+            raise RuntimeError("no checkpoint was written: did validation run?")
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        module.to("cpu")
+        best_epoch = int(state["epoch"])
+        return {"best_epoch": best_epoch,
+                "best_val": next((h for h in module.val_history if h["epoch"] == best_epoch), {}),
+                "epochs_trained": int(trainer.current_epoch),
+                "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
+                "checkpoint": None if scratch is not None else str(best.best_model_path)}
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _nanmean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def evaluate_segmenter(module: SegmentationFinetuner, dataset: SegmentationVolumes) -> dict[str, Any]:
+    """Per-label mean Dice and HD95 (mm, from each volume's spacing) over ``dataset``'s whole volumes.
+
+    HD95 is undefined (NaN) for a case where the label is missing in the prediction or the reference; such cases
+    are left out of its mean and counted in ``hd95_undefined``; a label undefined everywhere gets None.
+    """
+    cases = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        spacing = item["spacing"].tolist()[: item["label"].ndim - 1]
+        cases.append(segmentation_metrics(module.predict_volume(item["image"]), item["label"][0],
+                                          module.num_classes, spacing=spacing))
+    labels = cases[0]["labels"]
+    names = [module.label_names[c] for c in labels]
+    dice = {n: float(np.mean([m["dice"][c] for m in cases])) for n, c in zip(names, labels)}
+    hd95 = {n: _nanmean([m["hd95"][c] for m in cases]) for n, c in zip(names, labels)}
+    return {"dice": dice, "hd95": hd95, "mean_dice": float(np.mean(list(dice.values()))),
+            "mean_hd95": _nanmean([v for v in hd95.values() if v is not None] or [math.nan]), "hd95_unit": "mm",
+            "hd95_undefined": sum(math.isnan(m["hd95"][c]) for m in cases for c in labels), "n_cases": len(cases)}
+
+
+def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
+                  train_cases: Sequence[SegmentationCase], val_cases: Sequence[SegmentationCase],
+                  test_cases: Sequence[SegmentationCase], *, num_classes: int | None = None,
+                  label_names: Sequence[str] | None = None, spatial_dims: int = 3, roi_size: Sequence[int],
+                  plan: dict[str, Any] | None = None, override_plan: bool = False, hu_check: bool = True,
+                  cache_dir: str | Path | None = None, decoder: dict[str, Any] | None = None, epochs: int = 50,
+                  batch_size: int = 2, lr: float = 1e-3, seed: int = 0, patience: int | None = 5, min_steps: int = 0,
+                  freeze_encoder_epochs: int = 0, layer_decay: float = 1.0, weight_decay: float = 0.05,
+                  warmup: float = 0.1, pos: float = 1.0, neg: float = 1.0, sw_overlap: float = 0.25,
+                  sw_batch_size: int = 4, run_dir: str | Path | None = None, accelerator: str = "cpu",
+                  progress: bool = False) -> dict[str, Any]:
+    """Fine-tune (``card`` given) or train from scratch (``architecture``), return test metrics (one JSON dict).
+
+    Checks every case against the card and plan first (:func:`medssl.finetune.seg_data.check_cases`), prepares
+    the data through the cache at ``cache_dir`` (default ``run_dir/cache``, else a temporary folder), trains with
+    :func:`train_segmenter` and evaluates the best checkpoint on ``test_cases`` (:func:`evaluate_segmenter`).
+    ``plan``/``override_plan``/``hu_check`` are those of :mod:`medssl.finetune.seg_data`; ``pos``/``neg`` weight
+    foreground / background crop centres; ``decoder`` holds decoder-only network options.
+
+    ``min_steps``: 5 labelled volumes are 1-3 batches per epoch, too few steps to train in ``epochs`` epochs. As in
+    :func:`~medssl.finetune.classification.fit_classifier`, every epoch count (``epochs``,
+    ``freeze_encoder_epochs``) is then stretched by one whole factor ``k`` and validation runs every ``k`` epochs,
+    so a run still validates ``epochs`` times and ``patience`` keeps its meaning.
+    """
+    t0 = time.perf_counter()
+    if num_classes is None and label_names is None:
+        raise ValueError("give num_classes or label_names")
+    card_json = read_card(card)[0] if card is not None else None
+    if card_json is None and architecture is None:
+        raise ValueError("give an encoder card or, from scratch, an architecture")
+    resolved, _ = resolve_plan(card_json, card, plan, override_plan)  # the module resolves it again, identically
+    in_channels = int((card_json or architecture["kwargs"])["in_channels"])
+    check_cases([*train_cases, *val_cases, *test_cases], plan=resolved, in_channels=in_channels, card_path=card,
+                hu_check=hu_check)
+    scratch = tempfile.TemporaryDirectory(prefix="medssl-segcache-") if cache_dir is None and run_dir is None else None
+    root = Path(scratch.name) if scratch else Path(cache_dir) if cache_dir else Path(run_dir) / "cache"
+    try:
+        cache = PreprocessCache(root, resolved)
+        train_ds = SegmentationPatches(train_cases, cache, roi_size=roi_size, spatial_dims=spatial_dims, pos=pos,
+                                       neg=neg, seed=seed)
+        steps_per_epoch = math.ceil(len(train_ds) / batch_size)
+        stretch = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
+        module = SegmentationFinetuner(
+            num_classes=int(num_classes or len(label_names)), label_names=label_names,
+            init="pretrained" if card is not None else "scratch", encoder=None if card is None else str(card),
+            architecture=architecture if card is None else None, spatial_dims=spatial_dims, roi_size=roi_size,
+            plan=plan, override_plan=override_plan, decoder=decoder,
+            freeze_encoder_epochs=freeze_encoder_epochs * stretch, layer_decay=layer_decay, seed=seed,
+            sw_overlap=sw_overlap, sw_batch_size=sw_batch_size,
+            optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
+        info = train_segmenter(module, train_ds, SegmentationVolumes(val_cases, cache), epochs=epochs * stretch,
+                               batch_size=batch_size, seed=seed, patience=patience, val_every_n_epochs=stretch,
+                               run_dir=run_dir, accelerator=accelerator, progress=progress)
+        metrics = evaluate_segmenter(module, SegmentationVolumes(test_cases, cache))
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    report = module.load_report
+    return {
+        "init": module.init, "split": "test", "metrics": metrics, **info,
+        "max_epochs": epochs * stretch, "val_every_n_epochs": stretch, "steps_per_epoch": steps_per_epoch,
+        "freeze_encoder_epochs": module.freeze_encoder_epochs if report is not None else 0,
+        "n_train": len(train_cases), "n_val": len(val_cases), "n_test": len(test_cases),
+        "network": module.hparams["network"], "plan": module.plan_record, "encoder_sha256": module.encoder_sha256,
+        "load_report": None if report is None else {"summary": report.summary(), "matched": len(report.matched),
+                                                    "expected_missing": len(report.expected_missing),
+                                                    "notes": report.notes},
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }

@@ -1,0 +1,105 @@
+"""The few-label segmentation protocol end to end on generated cubes and a tiny exported BasicUNet encoder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from medssl.cli import main
+from medssl.data.nifti import write_nifti
+from medssl.data.plan import PreprocessPlan
+from medssl.finetune.protocol import ProtocolConfigError
+from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
+from medssl.models.hub import export_encoder
+from medssl.models.registry import build_encoder
+
+CT = PreprocessPlan(intensity="ct_window")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segproto")
+    rng = np.random.default_rng(1)
+    (root / "img").mkdir()
+    (root / "lab").mkdir()
+    for i in range(6):
+        label = np.zeros((24, 24, 16), np.uint8)
+        o = rng.integers(2, 10, 3)
+        label[o[0]:o[0] + 10, o[1]:o[1] + 10, o[2]:o[2] + 6] = 1
+        image = np.where(label > 0, rng.normal(200, 30, label.shape), rng.normal(-800, 30, label.shape))
+        write_nifti(image.astype(np.float32), root / "img" / f"case{i}.nii.gz", np.diag([1.5, 1.5, 2.0, 1.0]))
+        write_nifti(label, root / "lab" / f"case{i}.nii.gz", np.diag([1.5, 1.5, 2.0, 1.0]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = build_encoder("basicunet", {"in_channels": 1, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4]})
+    export_encoder(encoder, root / "enc", method="test",
+                   preprocessing={"kind": "plan", "plan": CT.to_dict(), "fingerprint": CT.fingerprint()})
+    cfg = {"task": "segmentation", "images": str(root / "img" / "*.nii.gz"), "labels": str(root / "lab" / "*.nii.gz"),
+           "label_names": ["background", "box"], "dataset": "cubes", "split_file": str(root / "split.json"),
+           "n_val": 1, "n_test": 2, "encoder": str(root / "enc" / "encoder.json"), "counts": [1, 2], "seeds": [0],
+           "methods": ["finetune", "frozen", "scratch"], "roi_size": [32, 16, 16], "epochs": 2, "batch_size": 2,
+           "cache_dir": str(root / "cache")}
+    return root, cfg
+
+
+def test_protocol_records_split_and_reports(setup, tmp_path, one_thread):
+    root, cfg = setup
+    records = run_seg_protocol(SegProtocolConfig(**cfg).validate(), tmp_path, progress=False)
+    assert len(records) == 2 * 3 * 3  # counts x methods x (dice, hd95, dice_box)
+    assert {r["metric"] for r in records} == {"dice", "hd95", "dice_box"}
+    assert all(r["split"] == "test" for r in records)
+    assert all((r["encoder_sha256"] is None) == (r["method"] == "scratch") for r in records)
+    out = json.loads((tmp_path / "label_efficiency_cubes.json").read_text())
+    split = json.loads((root / "split.json").read_text())
+    assert out["complete"] and out["case_split"] == split and len(split["test"]) == 2 and len(split["val"]) == 1
+    runs = {(r["method"], r["count"]): r for r in out["runs"]}
+    one, two = runs[("finetune", 1)]["labelled_cases"], runs[("finetune", 2)]["labelled_cases"]
+    assert set(one) <= set(two) and not set(two) & (set(split["val"]) | set(split["test"]))
+    assert runs[("frozen", 1)]["freeze_encoder_epochs"] >= runs[("frozen", 1)]["max_epochs"]
+    assert runs[("scratch", 2)]["load_report"] is None and runs[("finetune", 2)]["load_report"]["matched"] > 0
+    md = (tmp_path / "label_efficiency_cubes.md").read_text()
+    assert "| scratch | 2 items | 2 | 1 |" in md and "mean Dice" in md
+    assert (tmp_path / "label_efficiency_cubes.png").read_bytes()[:4] == b"\x89PNG"
+    # the written split is reused as is (a second run cannot silently draw another one)
+    split["test"], split["train"] = split["train"][:2], split["test"] + split["train"][2:]
+    (root / "split.json").write_text(json.dumps(split))
+    cfg2 = SegProtocolConfig(**{**cfg, "methods": ["scratch"], "counts": [1], "epochs": 1}).validate()
+    run_seg_protocol(cfg2, tmp_path / "again", progress=False)
+    again = json.loads((tmp_path / "again" / "label_efficiency_cubes.json").read_text())
+    assert again["case_split"]["test"] == split["test"]
+
+
+def test_config_errors_name_the_field(setup):
+    _, cfg = setup
+    with pytest.raises(ProtocolConfigError, match="'encoder'"):
+        SegProtocolConfig(**{**cfg, "encoder": None}).validate()
+    with pytest.raises(ProtocolConfigError, match="'methods'"):
+        SegProtocolConfig(**{**cfg, "methods": ["knn"]}).validate()
+    with pytest.raises(ProtocolConfigError, match="'roi_size'"):
+        SegProtocolConfig(**{**cfg, "roi_size": [32, 16]}).validate()
+
+
+def test_cli_dispatches_segmentation_protocols(setup, tmp_path, one_thread):
+    root, cfg = setup
+    yml = tmp_path / "p.yaml"
+    yml.write_text(yaml.safe_dump({**cfg, "split_file": str(tmp_path / "split.json")}))
+    assert main(["evaluate", "--protocol", str(yml), "--methods", "scratch", "--counts", "1", "--epochs", "1",
+                 "--out", str(tmp_path / "out"), "--quiet", "--no-plot"]) == 0
+    out = json.loads((tmp_path / "out" / "label_efficiency_cubes.json").read_text())
+    assert {r["method"] for r in out["records"]} == {"scratch"} and out["config"]["epochs"] == 1
+    assert main(["evaluate", "--protocol", str(yml), "--max-eval", "5", "--out", str(tmp_path / "x")]) == 2
+    assert Path(REPO_CONFIG).is_file()
+
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "hippocampus_protocol.yaml"
+
+
+def test_repo_hippocampus_config_parses():
+    cfg = SegProtocolConfig.from_yaml(REPO_CONFIG, encoder="x/encoder.json")
+    assert cfg.counts == [5, 20] and cfg.methods == ["finetune", "scratch"] and cfg.lr == 0.002
+    tiny = SegProtocolConfig.from_yaml(REPO_CONFIG.with_name("hippocampus_tiny.yaml"), encoder="x/encoder.json")
+    assert tiny.epochs == 1
