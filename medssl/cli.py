@@ -1,7 +1,8 @@
 """The ``medssl`` console command. Each subcommand is a thin adapter from arguments to a library call.
 
-Data layer: ``phantoms``, ``index``, ``convert``; training: ``pretrain``; transfer: ``evaluate``, ``predict``.
-Exit codes: 0 success, 2 usage error (a bad ``evaluate`` protocol included), 3 data error (a typed
+Data layer: ``phantoms``, ``index``, ``convert``; training: ``pretrain``; transfer: ``finetune``, ``evaluate``,
+``predict``. Exit codes: 0 success, 2 usage error (a bad ``finetune`` config or ``evaluate`` protocol included),
+3 data error (a typed
 :class:`medssl.errors.MedsslError`; its reason code is printed).
 """
 from __future__ import annotations
@@ -139,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("finetune", help="one fine-tuning run (segmentation or classification) from a YAML config "
+                                         "under configs/finetune/: best checkpoint for `medssl predict`, test metrics")
+    p.add_argument("--config", required=True, help="run YAML (fields of medssl.finetune.run_config.FinetuneConfig)")
+    p.add_argument("--encoder", help="exported encoder card (encoder.json or its folder); overrides the YAML")
+    p.add_argument("--run_dir", "--run-dir", dest="run_dir",
+                   help="output folder (default: runs/<config file name>); must not hold a run already")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("predict", help="run a fine-tuned segmenter (label maps on the input grid + volumes.csv) or "
                                         "classifier (probabilities.csv) on NIfTI / DICOM / MedMNIST .npz input")
     p.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint (.ckpt)")
@@ -202,6 +212,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     console.print((out / f"label_efficiency_{stem}.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"{len(records)} records; wrote {escape(str(out / f'label_efficiency_{stem}.json'))} and .md"
                   + ("" if not cfg.plot else " and .png"))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Load the run YAML (+ ``--encoder``), train, print the test metrics and where the checkpoint is."""
+    from medssl.finetune.protocol import ProtocolConfigError
+    from medssl.finetune.run import run_finetune
+    from medssl.finetune.run_config import FinetuneConfig
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    try:
+        cfg = FinetuneConfig.from_yaml(args.config, encoder=args.encoder)
+        result = run_finetune(cfg, run_dir, progress=not args.quiet)
+    except ProtocolConfigError as exc:
+        console.print(f"[red]error[/] {escape(str(exc))}")
+        return 2
+    m = result["metrics"]
+    table = Table(title=f"{result['name']}: {result['task']} ({result['init']})")
+    table.add_column("metric")
+    table.add_column("test split", justify="right")
+    rows = ({"dice (mean)": m["mean_dice"], **{f"dice {k}": v for k, v in m["dice"].items()},
+             "hd95 mm (mean)": m["mean_hd95"]} if result["task"] == "segmentation" else m)
+    for name, value in rows.items():
+        table.add_row(escape(name), _fmt(value))
+    console.print(table)
+    console.print(f"best epoch {result['best_epoch'] + 1} of {result['epochs_trained']} (by validation); "
+                  f"{result['wall_s']} s")
+    ckpt = run_dir / result["checkpoint"]
+    console.print(f"wrote {escape(str(ckpt))}, config.yaml, metrics.json, metrics.csv in {escape(str(run_dir))}; "
+                  f"predict with: medssl predict --checkpoint {escape(str(ckpt))} INPUT OUT")
     return 0
 
 

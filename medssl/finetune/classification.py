@@ -25,13 +25,9 @@ loader's own generator, so the caller's global random state is left as it was.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from medssl.eval.metrics import classification_metrics
 from medssl.eval.probe import _collate, eval_mode
+from medssl.finetune.trainer import check_budget, fit_best
 from medssl.models.classifier import EncoderClassifier
 from medssl.models.hub import LoadReport, load_encoder, read_card
 from medssl.models.registry import build_encoder
@@ -228,25 +225,6 @@ def _layer_id(name: str, depth: int) -> int:
 
 
 # --- training helpers -----------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Lightning's per-fit banners (GPU available, few workers ...) off for the duration of one fit."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # a frozen encoder, on purpose
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, num_workers=0,
                       generator=torch.Generator().manual_seed(int(seed)))
@@ -272,50 +250,13 @@ def train_classifier(module: ClassificationFinetuner, train_ds: Dataset, val_ds:
     ``run_dir`` keeps ``checkpoints/best.ckpt`` and a CSV log (``metrics.csv``); without it both go to a temporary
     folder that is removed afterwards. Validation (and checkpoint selection) runs every ``val_every_n_epochs``
     epochs; ``patience`` (validations without improvement) enables early stopping; None trains all ``epochs``.
+    The loop is :func:`medssl.finetune.trainer.fit_best`.
     """
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    if epochs < 1 or batch_size < 1 or val_every_n_epochs < 1 or (patience is not None and patience < 1):
-        raise ValueError(f"need epochs, batch_size, val_every_n_epochs >= 1 and patience None or >= 1, got "
-                         f"{epochs}, {batch_size}, {val_every_n_epochs}, {patience}")
-    scratch = tempfile.TemporaryDirectory(prefix="medssl-finetune-") if run_dir is None else None
-    root = Path(scratch.name if scratch is not None else run_dir)
-    try:
-        best = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=MONITOR, mode="max",
-                               save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
-                               enable_version_counter=False)
-        callbacks: list[L.Callback] = [best]
-        stopper = EarlyStopping(monitor=MONITOR, mode="max", patience=patience) if patience else None
-        if stopper is not None:
-            callbacks.append(stopper)
-        logger = CSVLogger(root, name="", version="") if run_dir is not None else False
-        with _quiet_lightning():
-            trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=logger,
-                                callbacks=callbacks, enable_checkpointing=True, enable_progress_bar=progress,
-                                enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                                check_val_every_n_epoch=val_every_n_epochs,
-                                default_root_dir=str(root))
-            module.train()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                trainer.fit(module, _loader(train_ds, batch_size, True, seed), _loader(val_ds, batch_size, False, 0))
-        if not best.best_model_path:
-            raise RuntimeError("no checkpoint was written: did validation run?")
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"])
-        module.to("cpu")
-        best_epoch = int(state["epoch"])
-        return {
-            "best_epoch": best_epoch,
-            "best_val": next((h for h in module.val_history if h["epoch"] == best_epoch), {}),
-            "epochs_trained": int(trainer.current_epoch),
-            "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
-            "checkpoint": None if scratch is not None else str(best.best_model_path),
-        }
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
+    check_budget(epochs, batch_size, val_every_n_epochs, patience)
+    return fit_best(module, _loader(train_ds, batch_size, True, seed), _loader(val_ds, batch_size, False, 0),
+                    monitor=MONITOR, mode="max", epochs=epochs, patience=patience,
+                    val_every_n_epochs=val_every_n_epochs, run_dir=run_dir, seed=seed, accelerator=accelerator,
+                    progress=progress, scratch_prefix="medssl-finetune-")
 
 
 def _num_classes(*datasets: Dataset) -> int:

@@ -1,7 +1,8 @@
 """Training, evaluating and the one-call fit of a :class:`~medssl.finetune.segmentation.SegmentationFinetuner`.
 
-* :func:`train_segmenter`: Lightning fit with the best checkpoint by ``val/dice`` (``ModelCheckpoint``) and
-  ``EarlyStopping(patience)``; the best checkpoint is restored with ``torch.load(weights_only=True)``.
+* :func:`train_segmenter`: the shared Lightning loop (:func:`medssl.finetune.trainer.fit_best`) with the best
+  checkpoint by ``val/dice`` and ``EarlyStopping(patience)``; the best checkpoint is restored with
+  ``torch.load(weights_only=True)``.
 * :func:`evaluate_segmenter`: per-label Dice and HD95 (mm) of whole volumes, by sliding-window inference.
 * :func:`fit_segmenter`: cases in, test metrics out (checks, cache, datasets, training, evaluation), the
   segmentation counterpart of :func:`medssl.finetune.classification.fit_classifier`, used by the protocols.
@@ -18,17 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.cache import PreprocessCache
 from medssl.eval.metrics import segmentation_metrics
-from medssl.finetune.classification import _quiet_lightning
 from medssl.finetune.seg_cases import SegmentationCase
 from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
 from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
+from medssl.finetune.trainer import check_budget, fit_best
 from medssl.models.hub import read_card
 from medssl.training.optim import OptimConfig
 
@@ -41,50 +41,19 @@ def train_segmenter(module: SegmentationFinetuner, train_ds: Dataset, val_ds: Da
                     progress: bool = False) -> dict[str, Any]:
     """Train ``module`` and leave it holding its best checkpoint by ``val/dice``; return what happened.
 
-    As :func:`medssl.finetune.classification.train_classifier`: ``run_dir`` keeps ``checkpoints/best.ckpt`` and
-    ``metrics.csv`` (else a temporary folder is used and removed), validation every ``val_every_n_epochs`` epochs
-    (one whole volume per batch), ``patience`` validations without improvement stop early, the model and data order
-    are seeded inside a forked random state, and the best checkpoint is restored with ``weights_only=True``.
+    As :func:`medssl.finetune.classification.train_classifier` (both are :func:`medssl.finetune.trainer.fit_best`):
+    ``run_dir`` keeps ``checkpoints/best.ckpt`` and ``metrics.csv`` (else a temporary folder is used and removed),
+    validation every ``val_every_n_epochs`` epochs (one whole volume per batch), ``patience`` validations without
+    improvement stop early, the model and data order are seeded inside a forked random state, and the best
+    checkpoint is restored with ``weights_only=True``.
     """
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    if epochs < 1 or batch_size < 1 or val_every_n_epochs < 1 or (patience is not None and patience < 1):
-        raise ValueError(f"need epochs, batch_size, val_every_n_epochs >= 1 and patience None or >= 1, got "
-                         f"{epochs}, {batch_size}, {val_every_n_epochs}, {patience}")
-    scratch = tempfile.TemporaryDirectory(prefix="medssl-segment-") if run_dir is None else None
-    root = Path(scratch.name if scratch is not None else run_dir)
-    try:
-        best = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=MONITOR, mode="max",
-                               save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
-                               enable_version_counter=False)
-        stopper = EarlyStopping(monitor=MONITOR, mode="max", patience=patience) if patience else None
-        with _quiet_lightning():
-            trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs,
-                                logger=CSVLogger(root, name="", version="") if run_dir is not None else False,
-                                callbacks=[best, *([stopper] if stopper else [])], enable_progress_bar=progress,
-                                enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                                check_val_every_n_epoch=val_every_n_epochs, default_root_dir=str(root))
-            module.train()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=0,
-                                   generator=torch.Generator().manual_seed(int(seed)))
-                trainer.fit(module, train, DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=0))
-        if not best.best_model_path:
-            raise RuntimeError("no checkpoint was written: did validation run?")
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"])
-        module.to("cpu")
-        best_epoch = int(state["epoch"])
-        return {"best_epoch": best_epoch,
-                "best_val": next((h for h in module.val_history if h["epoch"] == best_epoch), {}),
-                "epochs_trained": int(trainer.current_epoch),
-                "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
-                "checkpoint": None if scratch is not None else str(best.best_model_path)}
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
+    check_budget(epochs, batch_size, val_every_n_epochs, patience)
+    train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=0,
+                       generator=torch.Generator().manual_seed(int(seed)))
+    return fit_best(module, train, DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=0), monitor=MONITOR,
+                    mode="max", epochs=epochs, patience=patience, val_every_n_epochs=val_every_n_epochs,
+                    run_dir=run_dir, seed=seed, accelerator=accelerator, progress=progress,
+                    scratch_prefix="medssl-segment-")
 
 
 def _nanmean(values: Sequence[float]) -> float | None:
