@@ -124,9 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("evaluate", help="few-label protocol: linear probe / kNN / fine-tune / scratch over label "
-                                         "fractions and seeds (YAML under configs/finetune/)")
-    p.add_argument("--protocol", required=True,
-                   help="protocol YAML (fields of medssl.finetune.protocol.ProtocolConfig)")
+                                         "fractions and seeds (YAML under configs/finetune/); or `evaluate report "
+                                         "RESULTS_DIR`: markdown/HTML report of benchmark result files")
+    p.add_argument("action", nargs="?", choices=["report"], help="report: build RESULTS_DIR/report (or --out)")
+    p.add_argument("results_dir", nargs="?", help="with `report`: folder of result *.json files")
+    p.add_argument("--protocol", help="protocol YAML (fields of medssl.finetune.protocol.ProtocolConfig or, with "
+                                      "task: segmentation, medssl.finetune.seg_protocol.SegProtocolConfig)")
     p.add_argument("--encoder", help="exported encoder card (encoder.json or its folder); overrides the YAML")
     p.add_argument("--out", help="output folder (default: runs/<protocol file name>)")
     p.add_argument("--path", help="MedMNIST-format .npz; overrides the YAML")
@@ -168,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(args: argparse.Namespace) -> int:
+    from medssl.eval.report import build_report
+
+    if not args.results_dir or not Path(args.results_dir).is_dir():
+        console.print(f"[red]error[/] results folder not found: {escape(str(args.results_dir))}")
+        return 2
+    path = build_report(args.results_dir, args.out)
+    console.print(f"wrote {escape(str(path))}" + (" and report.html" if path.with_suffix(".html").is_file() else ""))
+    return 0
+
+
 def _protocol_task(file: str) -> str:
     """``task`` of a protocol YAML (classification when absent or unreadable: its loader then reports why)."""
     import yaml
@@ -180,7 +194,12 @@ def _protocol_task(file: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Load the protocol YAML (+ overrides), run it, print the report table."""
+    """Load the protocol YAML (+ overrides), run it, print the report table; or build a results report."""
+    if args.action == "report":
+        return _report(args)
+    if not args.protocol:
+        console.print("[red]error[/] give --protocol FILE (or: medssl evaluate report RESULTS_DIR)")
+        return 2
     from medssl.finetune.protocol import ProtocolConfig, ProtocolConfigError, run_protocol
 
     overrides = {k: getattr(args, k) for k in ("encoder", "path", "seeds", "fractions", "counts", "methods", "epochs",

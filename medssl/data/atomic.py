@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it (not thread-safe later)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``. ``suffix`` lets writers that infer the
     format from the name (``.nii.gz``) see the right extension."""
@@ -22,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the permissions a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,9 +26,9 @@ METRIC_TITLES = {"auroc": "AUROC", "accuracy": "accuracy", "balanced_accuracy": 
                  "dice": "mean Dice", "hd95": "mean HD95 (mm)"}
 
 
-def budget_label(fraction: float | None, count: int | None) -> str:
-    """``"1%"`` for a fraction, ``"5 items"`` for a count."""
-    return f"{100 * fraction:g}%" if fraction is not None else f"{count} items"
+def budget_label(fraction: float | None, count: int | None, unit: str = "items") -> str:
+    """``"1%"`` for a fraction, ``"5 items"`` (or ``"5 cases"``) for a count."""
+    return f"{100 * fraction:g}%" if fraction is not None else f"{count} {unit}"
 
 
 def summarise(records: list[dict[str, Any]], method_order: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -84,7 +84,7 @@ def markdown_table(result: dict[str, Any], metrics: Sequence[str], method_order:
              "|---|---|---:|---:|" + "---|" * len(metrics)]
     for (method, fraction, count), by_metric in table.items():
         any_row = next(iter(by_metric.values()))
-        lines.append(f"| {method} | {budget_label(fraction, count)} | {any_row['n_labelled']:g} | "
+        lines.append(f"| {method} | {budget_label(fraction, count, unit)} | {any_row['n_labelled']:g} | "
                      f"{any_row['n_seeds']} | " + " | ".join(_mean_std(by_metric.get(m)) for m in metrics) + " |")
     return "\n".join(lines) + "\n"
 

@@ -36,8 +36,8 @@ def test_markdown_table_rows_and_plot(tmp_path):
     result = {"dataset": "toy", "split": "test", "records": _records(),
               "data": {"path": "x", "n_train": 20, "n_val": None, "n_test": 4}}
     md = markdown_table(result, ("dice", "hd95"), ("finetune", "scratch"), unit="cases")
-    assert "| finetune | 5 items | 5 | 3 | 0.853 ± 0.015 | n/a |" in md
-    assert "| scratch | 20 items | 20 | 3 | 0.803 ± 0.015 | n/a |" in md
+    assert "| finetune | 5 cases | 5 | 3 | 0.853 ± 0.015 | n/a |" in md
+    assert "| scratch | 20 cases | 20 | 3 | 0.803 ± 0.015 | n/a |" in md
     assert "20 train / 4 test cases" in md
     png = label_efficiency_plot(result, tmp_path / "le.png", "dice", x="count")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

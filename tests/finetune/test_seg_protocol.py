@@ -62,7 +62,7 @@ def test_protocol_records_split_and_reports(setup, tmp_path, one_thread):
     assert runs[("frozen", 1)]["freeze_encoder_epochs"] >= runs[("frozen", 1)]["max_epochs"]
     assert runs[("scratch", 2)]["load_report"] is None and runs[("finetune", 2)]["load_report"]["matched"] > 0
     md = (tmp_path / "label_efficiency_cubes.md").read_text()
-    assert "| scratch | 2 items | 2 | 1 |" in md and "mean Dice" in md
+    assert "| scratch | 2 cases | 2 | 1 |" in md and "mean Dice" in md
     assert (tmp_path / "label_efficiency_cubes.png").read_bytes()[:4] == b"\x89PNG"
     # the written split is reused as is (a second run cannot silently draw another one)
     split["test"], split["train"] = split["train"][:2], split["test"] + split["train"][2:]
