@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("quickstart", help="the main job on generated phantoms (no download): DICOM archive -> index "
+                                           "-> 3D pretraining -> few-label fine-tune vs scratch -> OUT/report.md")
+    p.add_argument("--out", required=True, help="output folder (data, index, runs, figures, metrics.json, report.md)")
+    p.add_argument("--quick", action="store_true", help="smallest settings that exercise every stage (tests)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_quickstart)
+
     p = sub.add_parser("finetune", help="one fine-tuning run (segmentation or classification) from a YAML config "
                                          "under configs/finetune/: best checkpoint for `medssl predict`, test metrics")
     p.add_argument("--config", required=True, help="run YAML (fields of medssl.finetune.run_config.FinetuneConfig)")
@@ -282,6 +289,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         console.print(f"  skipped {n} x {reason}")
     table = "volumes.csv" if summary["task"] == "segmentation" else "probabilities.csv"
     console.print(f"wrote {escape(str(Path(args.out_dir) / table))} and predict.json")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Run the quickstart and print where its report is."""
+    from medssl.quickstart import run_quickstart
+
+    result = run_quickstart(args.out, quick=args.quick, progress=not args.quiet)
+    console.print(f"report: {escape(str(Path(args.out) / 'report.md'))}; metrics: "
+                  f"{escape(str(Path(args.out) / 'metrics.json'))} ({result['wall_s']['total']:.0f} s)")
     return 0
 
 
