@@ -41,12 +41,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from medssl.eval.metrics import classification_metrics
 from medssl.eval.probe import _collate, eval_mode
+from medssl.finetune.layer_decay import adamw_warmup_cosine, layer_decay_groups
 from medssl.finetune.trainer import check_budget, fit_best
 from medssl.models.classifier import EncoderClassifier
 from medssl.models.hub import LoadReport, load_encoder, read_card
 from medssl.models.registry import build_encoder
 from medssl.models.vit import ViTEncoder
-from medssl.training.optim import NO_DECAY_NAMES, OptimConfig, warmup_cosine
+from medssl.training.optim import OptimConfig
 
 __all__ = ["ClassificationFinetuner", "fit_classifier", "predict_proba", "train_classifier"]
 
@@ -193,26 +194,13 @@ class ClassificationFinetuner(L.LightningModule):
         while their gradient is None), so that they train with the same optimiser and schedule afterwards.
         """
         depth = len(self.model.encoder.blocks) if isinstance(self.model.encoder, ViTEncoder) else 0
-        groups: dict[tuple[float, bool], dict[str, Any]] = {}
-        for name, p in self.model.named_parameters():
-            if name not in self._trainable or (self.mode == "linear" and name.startswith("encoder.")):
-                continue
-            scale = self.layer_decay ** (depth + 1 - _layer_id(name, depth)) if self.layer_decay != 1.0 else 1.0
-            decay = not (p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES))
-            group = groups.setdefault((scale, decay), {
-                "params": [], "weight_decay": self.optim.weight_decay if decay else 0.0,
-                "lr": self.optim.lr * scale, "lr_scale": scale})
-            group["params"].append(p)
-        return list(groups.values())
+        params = [(n, p) for n, p in self.model.named_parameters()
+                  if n in self._trainable and not (self.mode == "linear" and n.startswith("encoder."))]
+        return layer_decay_groups(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
+                                  layer_decay=self.layer_decay, depth=depth, layer_id=_layer_id)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("the LR schedule needs a finite number of steps: set max_epochs")
-        opt = torch.optim.AdamW(self.param_groups(), lr=self.optim.lr, betas=self.optim.betas)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(int(total), self.optim.warmup,
-                                                                    self.optim.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.param_groups(), self.optim, self.trainer.estimated_stepping_batches)
 
 
 def _layer_id(name: str, depth: int) -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from torch.utils.data import Subset
 
 from medssl.data.atomic import atomic_write_text
 from medssl.data.medmnist import MedMNISTDataset
-from medssl.errors import MedsslError, Reason
+from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
 from medssl.eval.metrics import classification_metrics
 from medssl.eval.probe import extract_features, knn_predict, linear_probe_predict
@@ -53,15 +53,6 @@ METRICS = ("auroc", "accuracy", "balanced_accuracy")
 NEEDS_ENCODER = ("linear_probe", "knn", "finetune")
 RESULT_FORMAT = "medssl-label-efficiency"
 FLOAT_FIELDS = ("lr", "scratch_lr", "weight_decay", "warmup", "dropout", "layer_decay", "knn_temperature", "probe_C")
-
-
-class ProtocolConfigError(MedsslError):
-    """A protocol config that cannot run; the message names the file and the field."""
-
-    def __init__(self, field_name: str, message: str, source: str = ""):
-        self.field = field_name
-        where = f"{source}: " if source else ""
-        super().__init__(Reason.BAD_CONFIG, f"{where}field '{field_name}': {message}")
 
 
 @dataclass
@@ -113,13 +104,7 @@ class ProtocolConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> ProtocolConfig:
         """Build and :meth:`validate`; unknown or mistyped fields raise :class:`ProtocolConfigError`."""
-        if not isinstance(data, dict):
-            raise ProtocolConfigError("<top level>", f"expected a mapping of fields, got {type(data).__name__}",
-                                      source)
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ProtocolConfigError(str(key), f"unknown field; known fields: {sorted(known)}", source)
+        check_fields(cls, data, source)
         if data.get("path") in (None, ""):
             raise ProtocolConfigError("path", "required: the MedMNIST .npz to evaluate on", source)
         cfg = cls(**data)
@@ -129,18 +114,7 @@ class ProtocolConfig:
     @classmethod
     def from_yaml(cls, file: str | Path, /, **overrides: Any) -> ProtocolConfig:
         """Read a YAML protocol; ``overrides`` (not None) replace its fields before validation."""
-        import yaml
-
-        file = Path(file)
-        if not file.is_file():
-            raise ProtocolConfigError("--protocol", "file not found", str(file))
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ProtocolConfigError("<yaml>", f"not valid YAML ({exc})", str(file)) from exc
-        if not isinstance(data, dict):
-            raise ProtocolConfigError("<top level>", "expected a mapping of fields", str(file))
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data = read_yaml_config(file, overrides, "--protocol")
         return cls.from_dict(data, source=str(file))
 
     def validate(self, source: str = "") -> ProtocolConfig:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from medssl.finetune.protocol import ProtocolConfigError
+from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
 
 __all__ = ["FinetuneConfig", "TASKS"]
 
@@ -90,31 +90,14 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "") -> FinetuneConfig:
         """Build and :meth:`validate`; unknown fields raise :class:`ProtocolConfigError`."""
-        if not isinstance(data, dict):
-            raise ProtocolConfigError("<top level>", f"expected a mapping of fields, got {type(data).__name__}",
-                                      source)
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                raise ProtocolConfigError(str(key), f"unknown field; known fields: {sorted(known)}", source)
+        check_fields(cls, data, source)
         return cls(**data).validate(source)
 
     @classmethod
     def from_yaml(cls, file: str | Path, /, **overrides: Any) -> FinetuneConfig:
         """Read a YAML config; ``overrides`` that are not None (e.g. ``encoder`` from ``--encoder``) replace its
         fields before validation."""
-        import yaml
-
-        file = Path(file)
-        if not file.is_file():
-            raise ProtocolConfigError("--config", "file not found", str(file))
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ProtocolConfigError("<yaml>", f"not valid YAML ({exc})", str(file)) from exc
-        if not isinstance(data, dict):
-            raise ProtocolConfigError("<top level>", "expected a mapping of fields", str(file))
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data = read_yaml_config(file, overrides, "--config")
         return cls.from_dict(data, source=str(file))
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medssl.data.atomic import atomic_write_text
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
-from medssl.finetune.protocol import ProtocolConfigError
+from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
 from medssl.finetune.seg_cases import (
     cases_from_glob,
     cases_from_msd,
@@ -91,17 +91,8 @@ class SegProtocolConfig:
     @classmethod
     def from_yaml(cls, file: str | Path, /, **overrides: Any) -> SegProtocolConfig:
         """Read a YAML protocol; ``overrides`` (not None) replace its fields; unknown fields raise."""
-        import yaml
-
-        file = Path(file)
-        if not file.is_file():
-            raise ProtocolConfigError("--protocol", "file not found", str(file))
-        data = yaml.safe_load(file.read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ProtocolConfigError(str(key), f"unknown field; known fields: {sorted(known)}", str(file))
+        data = read_yaml_config(file, overrides, "--protocol")
+        check_fields(cls, data, str(file))
         return cls(**data).validate(str(file))
 
     def validate(self, source: str = "") -> SegProtocolConfig:

@@ -31,7 +31,6 @@ and are importable from here too. Metrics are computed on the plan's grid (the g
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -46,11 +45,12 @@ from monai.losses import DiceCELoss
 from medssl.eval.metrics import segmentation_metrics
 from medssl.eval.probe import eval_mode
 from medssl.finetune.seg_cases import SegmentationDataError
+from medssl.finetune.layer_decay import adamw_warmup_cosine, layer_decay_groups
 from medssl.finetune.seg_data import check_card_dims, resolve_plan
 from medssl.models.hub import LoadReport, load_encoder, read_card
 from medssl.models.segmenter import build_segmenter, segmenter_spec
 from medssl.models.vit import freeze_unused_cross_attention_norms
-from medssl.training.optim import NO_DECAY_NAMES, OptimConfig, warmup_cosine
+from medssl.training.optim import OptimConfig
 
 __all__ = ["MONITOR", "SegmentationFinetuner"]  # + train/evaluate/fit_segmenter, looked up lazily (below)
 
@@ -244,25 +244,12 @@ class SegmentationFinetuner(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups by (layer-decay scale, weight decay); parameters frozen only for the first epochs are in."""
         depth = len(self.net.vit.blocks) if hasattr(self.net, "vit") else 0
-        groups: dict[tuple[float, bool], dict[str, Any]] = {}
-        for name, p in self.net.named_parameters():
-            if name not in self._trainable:
-                continue
-            scale = self.layer_decay ** (depth + 1 - _layer_id(name, depth)) if self.layer_decay != 1.0 else 1.0
-            decay = not (p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES))
-            group = groups.setdefault((scale, decay), {"params": [], "lr": self.optim.lr * scale, "lr_scale": scale,
-                                                       "weight_decay": self.optim.weight_decay if decay else 0.0})
-            group["params"].append(p)
-        return list(groups.values())
+        params = [(n, p) for n, p in self.net.named_parameters() if n in self._trainable]
+        return layer_decay_groups(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
+                                  layer_decay=self.layer_decay, depth=depth, layer_id=_layer_id)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("the LR schedule needs a finite number of steps: set max_epochs")
-        opt = torch.optim.AdamW(self.param_groups(), lr=self.optim.lr, betas=self.optim.betas)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(int(total), self.optim.warmup,
-                                                                    self.optim.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.param_groups(), self.optim, self.trainer.estimated_stepping_batches)
 
 
 def _layer_id(name: str, depth: int) -> int:
