@@ -5,6 +5,8 @@ old file or the complete new one. Used by the index, the cache, the hash memo an
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -45,3 +47,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             fh.write(text)
 
     return atomic_write(path, write)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: NaN/inf become null (JSON has no NaN), numpy scalars and arrays lists,
+    tuples lists, anything else unknown (paths ...) its string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return jsonable(value.tolist())
+    return str(value)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int = 1) -> Path:
+    """Write :func:`jsonable` ``value`` as JSON (strict: never a bare NaN token), atomically."""
+    return atomic_write_text(path, json.dumps(jsonable(value), indent=indent, allow_nan=False) + "\n")

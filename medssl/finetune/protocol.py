@@ -27,8 +27,6 @@ until the end, so an interrupted run keeps what it finished):
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Subset
 
-from medssl.data.atomic import atomic_write_text
+from medssl.data.atomic import atomic_write_json, atomic_write_text
 from medssl.data.medmnist import MedMNISTDataset
 from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
@@ -212,17 +210,6 @@ def _capped(ds: MedMNISTDataset, cap: int | None) -> tuple[Any, SubsetRecord | N
     return Subset(ds, record.indices), record
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
     """Run every budget x seed x method of ``cfg`` (see module docstring); returns the records."""
     from tqdm.auto import tqdm
@@ -300,10 +287,10 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, progress: bool = T
                         "encoder_sha256": sha if method != "scratch" else None,
                     })
                 bar.update()
-            atomic_write_text(json_path, json.dumps(_finite(result), indent=1) + "\n")
+            atomic_write_json(json_path, result)
     bar.close()
     result.update(complete=True, wall_s=round(time.perf_counter() - t0, 2))
-    atomic_write_text(json_path, json.dumps(_finite(result), indent=1) + "\n")
+    atomic_write_json(json_path, result)
     atomic_write_text(out_dir / f"label_efficiency_{stem}.md", markdown_table(result, METRICS, METHODS))
     if cfg.plot:
         label_efficiency_plot(result, out_dir / f"label_efficiency_{stem}.png", "auroc", METHODS)

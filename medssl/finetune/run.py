@@ -17,20 +17,18 @@ A ``run_dir`` that already holds a run is refused rather than mixed with a new o
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from torch.utils.data import Subset
 
-from medssl.data.atomic import atomic_write_text
+from medssl.data.atomic import atomic_write_json, atomic_write_text
 from medssl.errors import MedsslError, Reason
-from medssl.finetune.protocol import ProtocolConfigError, _finite
+from medssl.finetune.config_file import ProtocolConfigError
 from medssl.finetune.run_config import FinetuneConfig
 
 __all__ = ["RESULT_FORMAT", "run_finetune"]
@@ -63,7 +61,7 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str | Path, *, progress: bool = T
                   wall_s=round(time.perf_counter() - t0, 2))
     result = {"format": RESULT_FORMAT, "format_version": 1, "task": cfg.task, "name": _name(cfg),
               "medssl_version": __version__, "config": cfg.to_dict(), **result}
-    atomic_write_text(run_dir / "metrics.json", json.dumps(_finite(result), indent=1, default=_json_default) + "\n")
+    atomic_write_json(run_dir / "metrics.json", result)
     return result
 
 
@@ -181,9 +179,3 @@ def _curves(run_dir: Path, cfg: FinetuneConfig) -> str | None:
         log.warning("no training curves for %s: %s", run_dir, exc)
         return None
     return "training_curves.png"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    return str(value)  # paths and the like

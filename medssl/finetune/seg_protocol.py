@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medssl.data.atomic import atomic_write_text
+from medssl.data.atomic import atomic_write_json, atomic_write_text
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
 from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
 from medssl.finetune.seg_cases import (
@@ -215,19 +215,13 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
                         "n_labelled": count, "seed": seed, "metric": metric, "value": value, "split": "test",
                         "encoder_sha256": run["encoder_sha256"]})
                 bar.update()
-            atomic_write_text(json_path, json.dumps(result, indent=1, default=_json_default) + "\n")
+            atomic_write_json(json_path, result)
     bar.close()
     result.update(complete=True, wall_s=round(time.perf_counter() - t0, 2))
-    atomic_write_text(json_path, json.dumps(result, indent=1, default=_json_default) + "\n")
+    atomic_write_json(json_path, result)
     metrics = ["dice", *[f"dice_{n}" for n in label_names[1:]], "hd95"]
     atomic_write_text(out_dir / f"label_efficiency_{cfg.name}.md",
                       markdown_table(result, metrics, SEG_METHODS, unit="cases"))
     if cfg.plot:
         label_efficiency_plot(result, out_dir / f"label_efficiency_{cfg.name}.png", "dice", SEG_METHODS, x="count")
     return result["records"]
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)

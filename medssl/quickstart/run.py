@@ -18,13 +18,12 @@ that is not a quick-start output is refused.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from medssl.data.atomic import atomic_write_text
+from medssl.data.atomic import atomic_write_json
 from medssl.quickstart.comparison import ARMS, finetune_vs_scratch
 from medssl.quickstart.report import write_figures, write_report
 from medssl.quickstart.settings import CONFIG_DIR, FULL, QUICK, QuickstartSettings
@@ -124,15 +123,9 @@ def run_quickstart(out_dir: str | Path, *, quick: bool = False, progress: bool =
         seconds["total"] = round(time.perf_counter() - t_all, 2)
         metrics["wall_s"] = seconds
         write_report(out, metrics)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=_json_default) + "\n")
+        atomic_write_json(out / "metrics.json", metrics)
         bar.update()
     finally:
         bar.close()
         set_threads(threads)
     return metrics
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)

@@ -14,3 +14,19 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     assert path.read_text() == "x"
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a.txt")]  # no temp file left behind
+
+
+def test_atomic_json_is_strict_json(tmp_path):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from medssl.data.atomic import atomic_write_json
+
+    value = {"nan": float("nan"), "inf": float("-inf"), "arr": np.array([1.5, 2.0]), "n": np.int64(3),
+             "t": (1, 2), "p": Path("a/b"), "nested": [{"x": float("nan")}]}
+    text = atomic_write_json(tmp_path / "v.json", value).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"nan": None, "inf": None, "arr": [1.5, 2.0], "n": 3, "t": [1, 2], "p": "a/b",
+                                "nested": [{"x": None}]}
