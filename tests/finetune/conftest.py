@@ -1,4 +1,5 @@
-"""Tiny fixtures for the few-label tests: a learnable fake MedMNIST file and a tiny exported ResNet encoder."""
+"""Tiny fixtures for the few-label tests: a learnable fake MedMNIST file, CT-like box cubes for segmentation and
+tiny exported ResNet / BasicUNet encoders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,12 +8,43 @@ import numpy as np
 import pytest
 import torch
 
+from medssl.data.nifti import write_nifti
+from medssl.data.plan import PreprocessPlan
 from medssl.models.hub import export_encoder
+from medssl.models.registry import build_encoder
 from medssl.models.resnet import ResNetEncoder
 
 #: a ResNet small enough that a Lightning epoch over ~50 items takes well under a second on one thread
 TINY_RESNET = {"in_channels": 1, "spatial_dims": 2, "layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 16],
                "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True}
+
+CT = PreprocessPlan(intensity="ct_window")
+CUBE_AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
+
+
+def write_box_cubes(root: Path, n: int = 6, seed: int = 1) -> None:
+    """``n`` CT-like volumes (air -800 HU, a +200 HU box labelled 1) at 1.5 x 1.5 x 2 mm in ``root/img`` and their
+    label maps in ``root/lab`` (``case<i>.nii.gz``): separable by intensity."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "lab").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = np.zeros((24, 24, 16), np.uint8)
+        o = rng.integers(2, 10, 3)
+        label[o[0]:o[0] + 10, o[1]:o[1] + 10, o[2]:o[2] + 6] = 1
+        image = np.where(label > 0, rng.normal(200, 30, label.shape), rng.normal(-800, 30, label.shape))
+        write_nifti(image.astype(np.float32), root / "img" / f"case{i}.nii.gz", CUBE_AFFINE)
+        write_nifti(label, root / "lab" / f"case{i}.nii.gz", CUBE_AFFINE)
+
+
+def export_tiny_basicunet(folder: Path) -> Path:
+    """A tiny seeded BasicUNet encoder exported with a CT-window plan; returns the card path."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = build_encoder("basicunet", {"in_channels": 1, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4]})
+    export_encoder(encoder, folder, method="test",
+                   preprocessing={"kind": "plan", "plan": CT.to_dict(), "fingerprint": CT.fingerprint()})
+    return folder / "encoder.json"
 
 
 def fake_medmnist(path: Path, sizes: dict[str, int], seed: int = 0, positive: float = 0.4) -> Path:

@@ -4,40 +4,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
 
 from medssl.cli import main
-from medssl.data.nifti import write_nifti
-from medssl.data.plan import PreprocessPlan
 from medssl.finetune.protocol import ProtocolConfigError
 from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
-from medssl.models.hub import export_encoder
-from medssl.models.registry import build_encoder
+from tests.finetune.conftest import export_tiny_basicunet, write_box_cubes
 
-CT = PreprocessPlan(intensity="ct_window")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("segproto")
-    rng = np.random.default_rng(1)
-    (root / "img").mkdir()
-    (root / "lab").mkdir()
-    for i in range(6):
-        label = np.zeros((24, 24, 16), np.uint8)
-        o = rng.integers(2, 10, 3)
-        label[o[0]:o[0] + 10, o[1]:o[1] + 10, o[2]:o[2] + 6] = 1
-        image = np.where(label > 0, rng.normal(200, 30, label.shape), rng.normal(-800, 30, label.shape))
-        write_nifti(image.astype(np.float32), root / "img" / f"case{i}.nii.gz", np.diag([1.5, 1.5, 2.0, 1.0]))
-        write_nifti(label, root / "lab" / f"case{i}.nii.gz", np.diag([1.5, 1.5, 2.0, 1.0]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = build_encoder("basicunet", {"in_channels": 1, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4]})
-    export_encoder(encoder, root / "enc", method="test",
-                   preprocessing={"kind": "plan", "plan": CT.to_dict(), "fingerprint": CT.fingerprint()})
+    write_box_cubes(root)
+    export_tiny_basicunet(root / "enc")
     cfg = {"task": "segmentation", "images": str(root / "img" / "*.nii.gz"), "labels": str(root / "lab" / "*.nii.gz"),
            "label_names": ["background", "box"], "dataset": "cubes", "split_file": str(root / "split.json"),
            "n_val": 1, "n_test": 2, "encoder": str(root / "enc" / "encoder.json"), "counts": [1, 2], "seeds": [0],
