@@ -136,11 +136,11 @@ def _classification(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: P
 def _segmentation(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: Path, progress: bool) -> dict[str, Any]:
     from medssl.finetune.seg_cases import labelled_subset, select_cases
     from medssl.finetune.seg_fit import fit_segmenter
-    from medssl.finetune.seg_protocol import _cases_and_names, _split
+    from medssl.finetune.seg_protocol import recorded_split, task_cases
 
-    cases, label_names = _cases_and_names(cfg)
+    cases, label_names = task_cases(cfg)
     try:
-        split = _split(cfg, cases)
+        split = recorded_split(cfg, cases)
     except ValueError as exc:  # n_val + n_test leave no training case
         raise ProtocolConfigError("n_test", str(exc)) from None
     train, val, test = (select_cases(cases, split[p]) for p in ("train", "val", "test"))

@@ -35,7 +35,7 @@ from medssl.finetune.seg_cases import (
     split_cases,
 )
 
-__all__ = ["SEG_METHODS", "SegProtocolConfig", "run_seg_protocol"]
+__all__ = ["SEG_METHODS", "SegProtocolConfig", "recorded_split", "run_seg_protocol", "task_cases"]
 
 SEG_METHODS = ("finetune", "frozen", "scratch")
 RESULT_FORMAT = "medssl-label-efficiency"
@@ -134,13 +134,14 @@ class SegProtocolConfig:
         return self
 
 
-def _cases_and_names(cfg: SegProtocolConfig) -> tuple[list[Any], list[str]]:
+def task_cases(cfg: SegProtocolConfig) -> tuple[list[Any], list[str]]:
+    """The cases of ``cfg`` (an MSD folder or image/label globs; also a FinetuneConfig) and the label names."""
     if cfg.root is not None:
         return cases_from_msd(cfg.root), list(cfg.label_names or msd_label_names(cfg.root))
     return cases_from_glob(cfg.images, cfg.labels), list(cfg.label_names)
 
 
-def _split(cfg: SegProtocolConfig, cases: list[Any]) -> dict[str, Any]:
+def recorded_split(cfg: SegProtocolConfig, cases: list[Any]) -> dict[str, Any]:
     """The recorded split: read from ``split_file`` when it exists (its ids must be cases), else drawn and written."""
     if cfg.split_file and Path(cfg.split_file).is_file():
         split = json.loads(Path(cfg.split_file).read_text())
@@ -164,8 +165,8 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
     cfg.validate()
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    cases, label_names = _cases_and_names(cfg)
-    split = _split(cfg, cases)
+    cases, label_names = task_cases(cfg)
+    split = recorded_split(cfg, cases)
     train, val, test = (select_cases(cases, split[p]) for p in ("train", "val", "test"))
     if max(cfg.counts) > len(train):
         raise ProtocolConfigError("counts", f"{max(cfg.counts)} labelled cases requested, the split has {len(train)} "
