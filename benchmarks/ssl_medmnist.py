@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Joint-embedding pretraining on real MedMNIST (CPU): does each method beat a randomly initialised encoder?
+"""Self-supervised pretraining on real MedMNIST (CPU): does each method beat a randomly initialised encoder?
 
 For every method (SimCLR, MoCo v3, BYOL, SimSiam, DINO) and dataset (PneumoniaMNIST 2D, AdrenalMNIST3D 3D) this
 runs ``medssl pretrain`` with ``configs/pretrain/medmnist/<method>.yaml`` + ``<dataset>_cpu.yaml`` and reads the
@@ -27,11 +27,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "pretrain" / "medmnist"
-METHODS = ("simclr", "moco", "byol", "simsiam", "dino")
+JOINT_EMBEDDING = ("simclr", "moco", "byol", "simsiam", "dino")
+#: pretext, restoration, predictive-coding and clustering methods (issue 6); methods that read the plain image
+#: (no views) are run with ``--data.views=null``
+PRETEXT = ("rotation", "jigsaw", "genesis", "autoencoder", "cpc", "swav")
+NO_VIEWS = ("rotation", "jigsaw", "genesis", "autoencoder", "cpc")
+METHODS = JOINT_EMBEDDING + PRETEXT
 DATASETS = {"pneumonia2d": ("pneumoniamnist.npz", 2), "adrenal3d": ("adrenalmnist3d.npz", 3)}
 #: DINO's multi-crop: local views at half the global size
 EXTRA = {("dino", 2): ["--data.views.init_args.num_local=4", "--data.views.init_args.local_size=[14, 14]"],
-         ("dino", 3): ["--data.views.init_args.num_local=2", "--data.views.init_args.local_size=[14, 14, 14]"]}
+         ("dino", 3): ["--data.views.init_args.num_local=2", "--data.views.init_args.local_size=[14, 14, 14]"],
+         ("swav", 2): ["--data.views.init_args.num_local=4", "--data.views.init_args.local_size=[14, 14]"],
+         ("swav", 3): ["--data.views.init_args.num_local=2", "--data.views.init_args.local_size=[14, 14, 14]"]}
 METRICS = ("knn_acc", "knn_balanced_acc", "linear_acc", "linear_balanced_acc", "linear_auroc")
 
 
@@ -65,7 +72,7 @@ def run_one(method: str, dataset: str, runs_dir: Path, tmp: Path, quick: bool, e
     run_dir = runs_dir / f"{method}_{dataset}"
     args = ["--config", str(CONFIGS / f"{method}.yaml"), "--config", str(CONFIGS / f"{dataset}_cpu.yaml"),
             "--config", str(paths_overlay(dataset, tmp, quick)), "--run_dir", str(run_dir),
-            *EXTRA.get((method, dims), [])]
+            *EXTRA.get((method, dims), []), *(["--data.views=null"] if method in NO_VIEWS else [])]
     if quick:
         args += ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
                  "--data.batch_size=8", "--trainer.enable_progress_bar=false"]
@@ -82,7 +89,7 @@ def run_one(method: str, dataset: str, runs_dir: Path, tmp: Path, quick: bool, e
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Joint-embedding pretraining on MedMNIST (CPU): probe accuracy vs a random encoder", "",
+    lines = ["# Self-supervised pretraining on MedMNIST (CPU): probe accuracy vs a random encoder", "",
              f"Machine: {report['machine']['cpu']} ({report['machine']['cores']} cores), torch "
              f"{report['machine']['torch']}, {report['machine']['date']}. "
              "Before = the same encoder at initialisation (seeded), after = at the end of pretraining; probes on "
@@ -108,13 +115,14 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(JOINT_EMBEDDING), choices=METHODS)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--epochs", type=int, default=None, help="override the overlays' max_epochs")
     parser.add_argument("--limit-train-batches", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--quick", action="store_true", help="2 steps per run on 8-item batches (smoke test)")
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "bench_ssl_medmnist"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--name", default=None, help="output file stem (default ssl_medmnist, or ssl_medmnist_quick)")
     args = parser.parse_args(argv)
 
     import torch
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "ssl_medmnist_quick" if args.quick else "ssl_medmnist"
+    name = args.name or ("ssl_medmnist_quick" if args.quick else "ssl_medmnist")
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(report))
     print(markdown(report))

@@ -32,5 +32,5 @@ def test_quick_run_writes_results(method, dataset, tmp_path, monkeypatch, one_th
     assert run["method"] == method and run["dataset"] == dataset and run["steps"] == 2
     for stage in ("before", "after"):
         assert 0.0 <= run[stage]["knn_acc"] <= 1.0 and 0.0 <= run[stage]["linear_acc"] <= 1.0
-    assert (out / "ssl_medmnist_quick.md").read_text().startswith("# Joint-embedding pretraining on MedMNIST")
+    assert (out / "ssl_medmnist_quick.md").read_text().startswith("# Self-supervised pretraining on MedMNIST")
     assert (tmp_path / "runs" / f"{method}_{dataset}" / "probe.json").is_file()
