@@ -22,12 +22,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from monai.visualize.utils import blend_images
 
-from medssl.data.atomic import atomic_write
 from medssl.data.hashing import PathLike
-from medssl.eval.plots import DPI
+from medssl.eval.plots import save_png
 
-__all__ = ["FigureInputError", "embedding_map", "foreground_slice", "label_colours", "overlay_rgb",
-           "segmentation_overlay", "segmentation_overlays"]
+__all__ = ["FigureInputError", "as_numpy", "embedding_map", "foreground_slice", "label_colours", "overlay_rgb",
+           "robust_window", "segmentation_overlay", "segmentation_overlays"]
 
 LABEL_ALPHA = 0.5
 
@@ -77,11 +76,12 @@ def foreground_slice(truth: np.ndarray, axis: int = 2) -> int:
     return int(best[len(best) // 2])
 
 
-def _numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _window(picture: np.ndarray) -> np.ndarray:
+def robust_window(picture: np.ndarray) -> np.ndarray:
     """Grey values in [0, 1] from the 1st-99th percentile of the slice (robust to CT air and metal)."""
     lo, hi = np.nanpercentile(picture, [1, 99]) if picture.size else (0.0, 1.0)
     if not hi > lo:
@@ -98,7 +98,7 @@ def _dice(truth: np.ndarray, pred: np.ndarray) -> float | None:
 
 def _prepare(case: Mapping[str, Any], axis: int) -> dict[str, Any]:
     """Validate one case and cut the 2D pictures shown for it."""
-    image, truth, pred = (_numpy(case[k]) for k in ("image", "truth", "pred"))
+    image, truth, pred = (as_numpy(case[k]) for k in ("image", "truth", "pred"))
     if truth.ndim in (3, 4) and truth.shape[0] == 1:  # (1, *spatial) label map
         truth = truth[0]
     if pred.ndim == truth.ndim + 1 and pred.shape[0] == 1:
@@ -124,7 +124,7 @@ def _prepare(case: Mapping[str, Any], axis: int) -> dict[str, Any]:
         where = f"slice {k + 1}/{spatial[a]}, axis {a}"
     else:
         truth_2d, pred_2d = truth, pred
-    return {"image": _window(image.astype(np.float64)), "truth": truth_2d, "pred": pred_2d, "where": where,
+    return {"image": robust_window(image.astype(np.float64)), "truth": truth_2d, "pred": pred_2d, "where": where,
             "dice": _dice(truth, pred), "max_label": int(max(truth.max(initial=0), pred.max(initial=0)))}
 
 
@@ -168,7 +168,7 @@ def segmentation_overlays(cases: Sequence[Mapping[str, Any]], path: PathLike, *,
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=12)
-    return _write(fig, path)
+    return save_png(fig, path)
 
 
 def segmentation_overlay(image: Any, truth: Any, pred: Any, path: PathLike, *,
@@ -187,8 +187,8 @@ def embedding_map(features: Any, labels: Any, path: PathLike, *, method: str = "
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    x = _numpy(features).astype(np.float64)
-    y = _numpy(labels)
+    x = as_numpy(features).astype(np.float64)
+    y = as_numpy(labels)
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
     if x.ndim != 2 or x.shape[0] < 3 or x.shape[1] < 2:
         raise FigureInputError("features", f"expected (N >= 3, D >= 2), got {x.shape}")
@@ -229,7 +229,7 @@ def embedding_map(features: Any, labels: Any, path: PathLike, *, method: str = "
     shown = f"{len(x)} of {n_all}" if len(x) < n_all else f"{n_all}"
     ax.set_title(title or f"{'PCA' if method == 'pca' else 't-SNE'} of features (n = {shown}, D = {x.shape[1]})",
                  fontsize=12)
-    return _write(fig, path)
+    return save_png(fig, path)
 
 
 def _class_name(value: Any, class_names: Sequence[str] | Mapping[Any, str] | None) -> str:
@@ -240,6 +240,3 @@ def _class_name(value: Any, class_names: Sequence[str] | Mapping[Any, str] | Non
         return str(class_names[value])
     return str(value)
 
-
-def _write(fig: Figure, path: PathLike) -> Path:
-    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), suffix=".png")

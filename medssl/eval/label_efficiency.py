@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from medssl.data.atomic import atomic_write
 
 __all__ = ["budget_label", "label_efficiency_plot", "markdown_table", "summarise"]
 
@@ -96,6 +95,8 @@ def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from medssl.eval.plots import save_png
+
     if x not in ("fraction", "count"):
         raise ValueError(f"x must be 'fraction' or 'count', got {x!r}")
     rows = [r for r in summarise(result["records"], method_order) if r["metric"] == metric]
@@ -122,4 +123,4 @@ def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
     ax.grid(True, alpha=0.3)
     ax.legend()
     ax.set_title(f"label efficiency: {result['dataset']}")
-    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+    return save_png(fig, path)

@@ -15,9 +15,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from medssl.data.atomic import atomic_write
 from medssl.data.hashing import PathLike
 
-__all__ = ["reconstruction_grid", "training_curves"]
+__all__ = ["DPI", "reconstruction_grid", "save_png", "training_curves"]
 
 DPI = 120
 
@@ -70,7 +71,7 @@ def reconstruction_grid(columns: Mapping[str, torch.Tensor], path: PathLike, *, 
                 ax.set_ylabel(f"#{r}", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=12)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def read_metrics_csv(metrics_csv: PathLike) -> dict[str, np.ndarray]:
@@ -123,7 +124,7 @@ def training_curves(metrics_csv: PathLike, path: PathLike, *, keys: Sequence[str
     ax.grid(True, alpha=0.3)
     ax.legend()
     ax.set_title(title or "training curves", fontsize=12)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _to_float(cell: str | None) -> float:
@@ -133,8 +134,7 @@ def _to_float(cell: str | None) -> float:
         return math.nan
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+def save_png(fig: Figure, path: PathLike) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI`, atomically (a reader never sees half a picture); returns ``path``.
+    Every medssl figure is saved through this."""
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), suffix=".png")
