@@ -91,7 +91,7 @@ def markdown_table(result: dict[str, Any], metrics: Sequence[str], method_order:
 def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
                           method_order: Sequence[str] = (), x: str = "fraction") -> Path:
     """``metric`` (mean ± std over seeds) versus the labelled ``fraction`` of the train split or labelled
-    ``count``, one line per method, log x axis. Written atomically as PNG; returns the path."""
+    ``count``, one line per method, log x axis (methods slightly dodged around each budget). Written atomically as PNG; returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -107,15 +107,20 @@ def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    # methods side by side around each budget (a small multiplicative dodge on the log axis), so error bars of
+    # methods at the same budget do not hide each other
+    dodge = {m: 1.06 ** (i - (len(methods) - 1) / 2) for i, m in enumerate(methods)}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        xs = np.array([r["n_labelled"] / scale for r in mine])
+        xs = np.array([r["n_labelled"] / scale * dodge[method] for r in mine])
         order = np.argsort(xs)
         ys = np.array([r["mean"] for r in mine])[order]
         err = np.nan_to_num(np.array([r["std"] for r in mine]))[order]
         ax.errorbar(xs[order], ys, yerr=err, marker="o", capsize=3, label=method)
     ticks = sorted({r["n_labelled"] / scale for r in rows})
     ax.set_xscale("log")
+    if len(ticks) == 1:  # one budget: give the dodged points room
+        ax.set_xlim(ticks[0] / 1.4, ticks[0] * 1.4)
     ax.set_xticks(ticks, [f"{100 * t:.3g}%" if x == "fraction" else f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("labelled fraction of the train split" if x == "fraction" else "labelled training cases")
