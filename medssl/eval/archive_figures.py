@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medssl.data.hashing import PathLike
-from medssl.eval.figures import FigureInputError, as_numpy, robust_window
+from medssl.eval.figures import FigureInputError, as_numpy
 from medssl.eval.plots import save_png
 
 __all__ = ["index_accounting", "orthogonal_planes", "volume_planes"]
@@ -128,11 +128,15 @@ def volume_planes(volume: Any, path: PathLike, *, spacing: Sequence[float] | Non
     planes (oblique volumes: the nearest axes). Spacing comes from the affine. A plain array is drawn as stored;
     give ``spacing`` for it (else isotropic is assumed, and the title says so)."""
     planes, spacing, note = orthogonal_planes(volume, spacing=spacing, channel=channel)
+    # one grey window for the three planes (1st-99th percentile of all their pixels), so a plane that misses the
+    # bright structures is not stretched to white
+    lo, hi = np.nanpercentile(np.concatenate([p.reshape(-1) for _, p, _ in planes]), [1, 99])
+    hi = hi if hi > lo else lo + 1.0
     fig = Figure(figsize=(12.0, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     for ax, (name, picture, aspect) in zip(axes, planes):
-        ax.imshow(robust_window(picture), cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        ax.imshow(picture, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
