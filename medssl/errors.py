@@ -49,6 +49,7 @@ class Reason(str, Enum):
     NONFINITE_LOSS = "nonfinite_loss"
     BAD_CONFIG = "bad_config"  # a config contradicts the data or the model (e.g. image size vs ViT img_size)
     BAD_ENCODER_CARD = "bad_encoder_card"  # an encoder card/weights file that is missing, altered or inconsistent
+    WRITE_FAILED = "write_failed"  # an output (checkpoint, cache entry) could not be written: disk full, quota, I/O
 
     def __str__(self) -> str:  # so f"{reason}" prints the code
         return self.value

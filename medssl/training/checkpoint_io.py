@@ -1,11 +1,14 @@
 """Checkpoint I/O that never destroys the last good checkpoint and never unpickles arbitrary objects.
 
 Writes go through :func:`medssl.data.atomic.atomic_write` (temp file in the same folder, fsync, ``os.replace``):
-a crash mid-save leaves the previous ``last.ckpt`` intact. Reads use ``torch.load(weights_only=True)``; checkpoints
+a crash mid-save leaves the previous ``last.ckpt`` intact, and a failed write (disk full, quota, I/O error) raises
+:class:`CheckpointWriteError` naming the checkpoint, the cause and that the previous one is intact. Reads use
+``torch.load(weights_only=True)``; checkpoints
 written by medssl hold only tensors and plain containers, so this always works for them.
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -13,6 +16,17 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medssl.data.atomic import atomic_write
+from medssl.errors import MedsslError, Reason
+
+#: errno values meaning "no room": ENOSPC (device full), EDQUOT (quota exceeded), EFBIG (file too large)
+NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG}
+
+
+class CheckpointWriteError(MedsslError):
+    """A checkpoint could not be written; the previous checkpoint at that path (if any) is untouched."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(Reason.WRITE_FAILED, message, [path])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,7 +39,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         def write(tmp: str) -> None:
             torch.save(checkpoint, tmp)
 
-        atomic_write(Path(path), write)
+        path = Path(path)
+        try:
+            atomic_write(path, write)
+        except OSError as err:
+            why = "no space left on the device (or quota exceeded)" if err.errno in NO_SPACE else str(err)
+            kept = "the previous checkpoint there is intact" if path.is_file() else "no earlier checkpoint exists"
+            raise CheckpointWriteError(f"could not write checkpoint {path.name}: {why}; {kept}. Free space in "
+                                       f"{path.parent} and resume with --resume last", path) from err
 
     def load_checkpoint(self, path: Any, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
