@@ -33,12 +33,15 @@ class PretrainDataModule(L.LightningDataModule):
         seed: seed of the split, the sampler and all per-item randomness.
         views: optional callable turning one item into the method's views (contrastive methods); applied after
             ``augment``.
+        skip_unreadable: a scan that stops being readable during training (corrupted or removed file) is logged
+            with its reason code and its items replaced by readable ones (counted as ``replaced_items`` in the
+            run summary) instead of stopping the run; ``false`` raises the typed read error.
     """
 
     def __init__(self, source: DataSource, spatial_dims: int = 3, patch_size: Optional[list[int]] = None,
                  slice_axis: int = 2, batch_size: int = 4, num_workers: int = 0,
                  augment: Optional[AugmentConfig] = None, seed: int = 0, pin_memory: bool = False,
-                 views: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None):
+                 views: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None, skip_unreadable: bool = True):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -48,6 +51,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.spatial_dims, self.patch_size, self.slice_axis = spatial_dims, patch_size, slice_axis
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.augment, self.seed, self.views = augment, seed, views
+        self.skip_unreadable = skip_unreadable
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches consumed in it)
@@ -61,7 +65,8 @@ class PretrainDataModule(L.LightningDataModule):
         train_tf = self.augment.build(self.spatial_dims) if self.augment is not None else None
         if self.views is not None:
             train_tf = _chain(train_tf, self.views)
-        request = DatasetRequest(self.spatial_dims, self.patch_size, self.slice_axis, self.seed, train_tf, self.views)
+        request = DatasetRequest(self.spatial_dims, self.patch_size, self.slice_axis, self.seed, train_tf, self.views,
+                                 self.skip_unreadable)
         self.train_set, self.val_set = self.source.datasets(request)
 
     def resume_at(self, epoch: int, batches: int) -> None:

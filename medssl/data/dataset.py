@@ -9,6 +9,11 @@ A *scan source* is one volume source (a NIfTI path, a DICOM folder, a list of DI
 sources: co-registered volumes (e.g. FLAIR and T1c) stacked as channels. A 4D (X, Y, Z, T) volume contributes its
 T time points as channels.
 
+With ``skip_unreadable`` a scan that cannot be read any more (a file that was corrupted, truncated or removed after
+training started) does not stop training: the failure is logged with its reason code (scan number and series key,
+never a path), the scan is not tried again in that process, and the item is replaced by the next readable one.
+Every item then carries ``"replaced"`` (1 for a substitute, else 0), which the training engine counts and reports.
+
 Randomness (patch position, the optional ``transform``) is seeded from ``(seed, epoch, index)``: an item is the
 same whatever the worker that loads it, and :meth:`ScanDataset.set_epoch` gives a new, reproducible draw per epoch
 (set it before the DataLoader iterator is created; persistent workers keep the epoch they were started with).
@@ -16,8 +21,9 @@ same whatever the worker that loads it, and :meth:`ScanDataset.set_epoch` gives 
 from __future__ import annotations
 
 import csv
-from functools import partial
 import json
+import logging
+from functools import partial
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
@@ -29,7 +35,9 @@ from monai.transforms import RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
 from medssl.data.cache import PathLike, PreprocessCache, Source
-from medssl.errors import NiftiError, Reason
+from medssl.errors import MedsslError, NiftiError, Reason
+
+log = logging.getLogger(__name__)
 
 #: One volume source, or a tuple of co-registered volume sources stacked as channels.
 ScanSource = Union[Source, tuple[Source, ...]]
@@ -51,12 +59,15 @@ class ScanDataset(Dataset):
         seed: base seed of all randomness.
         label_sources: optional label map per scan, cropped together with the image.
         label_cache: cache for labels; default: same root, ``cache.plan.for_labels()``.
+        skip_unreadable: replace items of scans that fail to read with typed errors by the next readable item
+            (logged with the reason code; see module docstring) instead of raising.
     """
 
     def __init__(self, sources: Sequence[ScanSource], cache: PreprocessCache, *, spatial_dims: int = 3,
                  patch_size: Sequence[int] | None = None, slice_axis: int = 2,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None, seed: int = 0,
-                 label_sources: Sequence[Source] | None = None, label_cache: PreprocessCache | None = None):
+                 label_sources: Sequence[Source] | None = None, label_cache: PreprocessCache | None = None,
+                 skip_unreadable: bool = False):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if slice_axis not in (0, 1, 2):
@@ -78,6 +89,9 @@ class ScanDataset(Dataset):
             label_cache = PreprocessCache(cache.root, cache.plan.for_labels(), cache.loader, cache.trust_stat)
         self.label_cache = label_cache
         self.series_keys: list[str] | None = None  # set by from_index
+        self.skip_unreadable = skip_unreadable
+        #: scans found unreadable in this process: source index -> reason code
+        self.unreadable: dict[int, str] = {}
         self._offsets: np.ndarray | None = None
         if spatial_dims == 2:  # number of slices per scan, from the cached shapes (computed once)
             shapes = [cache.shape(_channels(src)[0])[:3] for src in self.sources]
@@ -137,7 +151,33 @@ class ScanDataset(Dataset):
         src = int(np.searchsorted(self._offsets, index, side="right")) - 1
         return src, index - int(self._offsets[src])
 
+    def describe(self, src: int) -> str:
+        """A patient-free name of scan ``src`` for logs: its number and, for indexed series, the salted key."""
+        key = f" (series {self.series_keys[src]})" if self.series_keys is not None else ""
+        return f"scan {src} of {len(self.sources)}{key}"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.skip_unreadable:
+            return self._item(index)
+        n = len(self)
+        for attempt in range(n):
+            candidate = (index + attempt) % n
+            src, _ = self.locate(candidate)
+            if src in self.unreadable:
+                continue
+            try:
+                data = self._item(candidate)
+            except MedsslError as err:
+                self.unreadable[src] = err.reason.value
+                log.warning("skipping unreadable %s: [%s]; its items are replaced by the next readable ones",
+                            self.describe(src), err.reason.value)
+                continue
+            data["replaced"] = int(attempt > 0)
+            return data
+        raise MedsslError(Reason.UNREADABLE, f"none of the {len(self.sources)} scans of this dataset can be read "
+                          f"any more (reasons: {sorted(set(self.unreadable.values()))})")
+
+    def _item(self, index: int) -> dict[str, Any]:
         src, k = self.locate(index)
         index %= len(self)
         image, affine = self._read(self.cache, _channels(self.sources[src]), k)

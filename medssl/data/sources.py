@@ -36,6 +36,7 @@ class DatasetRequest:
     seed: int
     train_transform: Transform
     val_transform: Transform
+    skip_unreadable: bool = True
 
 
 class DataSource:
@@ -93,7 +94,7 @@ class VolumeSource(DataSource):
         cache = PreprocessCache(self.cache_dir, self.plan, loader=loader)
         train_idx, val_idx = split_scans(len(scans), self.val_fraction, request.seed)
         common = dict(spatial_dims=request.spatial_dims, patch_size=request.patch_size,
-                      slice_axis=request.slice_axis, seed=request.seed)
+                      slice_axis=request.slice_axis, seed=request.seed, skip_unreadable=request.skip_unreadable)
         train = ScanDataset([scans[i] for i in train_idx], cache, transform=request.train_transform, **common)
         val = (ScanDataset([scans[i] for i in val_idx], cache, transform=request.val_transform, **common)
                if val_idx else None)

@@ -55,6 +55,8 @@ class SSLMethod(L.LightningModule):
         self.optim = optim if optim is not None else OptimConfig()
         self.nonfinite, self.max_consecutive_skips, self.seed = nonfinite, max_consecutive_skips, seed
         self.skipped_steps = 0
+        #: training items that were substitutes for unreadable scans (``replaced`` in the batch; this rank)
+        self.replaced_items = 0
         self._consecutive_skips = 0
         #: whether the last training batch had a finite loss (its optimizer step really updated the weights)
         self.last_step_finite = False
@@ -88,6 +90,7 @@ class SSLMethod(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
+        self._count_replaced(batch)
         out = self.compute_loss(batch, self.generator("train", batch_idx))
         loss = out["loss"]
         finite = torch.isfinite(loss.detach()).float()
@@ -112,6 +115,14 @@ class SSLMethod(L.LightningModule):
             self.log(f"val/{k}", v, prog_bar=k == "loss", on_epoch=True, batch_size=bs, sync_dist=True)
         return out["loss"]
 
+    def _count_replaced(self, batch: Any) -> None:
+        """Count items the dataset substituted for unreadable scans (see :class:`medssl.data.dataset.ScanDataset`)."""
+        replaced = batch.get("replaced") if isinstance(batch, dict) else None
+        if replaced is not None:
+            n = int(torch.as_tensor(replaced).sum())
+            self.replaced_items += n
+            self.log("train/replaced_items", float(self.replaced_items), on_step=True, on_epoch=False)
+
     def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
         where = f"loss is {loss.item()} (on this or another rank) at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite == "stop":
@@ -134,9 +145,11 @@ class SSLMethod(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["medssl_skipped_steps"] = self.skipped_steps
+        checkpoint["medssl_replaced_items"] = self.replaced_items
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("medssl_skipped_steps", 0))
+        self.replaced_items = int(checkpoint.get("medssl_replaced_items", 0))
 
 
 def _batch_size(batch: Any) -> int:

@@ -176,6 +176,8 @@ class PretrainCLI(LightningCLI):
             "val_loss_after": metrics.get("val/loss"),
             "train_loss_last_epoch": metrics.get("train/loss_epoch"),
             "skipped_nonfinite_steps": int(getattr(model, "skipped_steps", 0)),
+            "replaced_items": int(getattr(model, "replaced_items", 0)),
+            "unreadable_scans": _unreadable(dm),
             "collapse_warnings": [e for cb in trainer.callbacks if isinstance(cb, CollapseGuard) for e in cb.events],
             **_probe_summary(trainer),
             "wall_s": round(time.perf_counter() - t0, 2),
@@ -184,6 +186,16 @@ class PretrainCLI(LightningCLI):
         if trainer.is_global_zero:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _unreadable(dm: Any) -> dict[str, int]:
+    """Scans found unreadable during training in this process, counted by reason code (workers keep their own
+    record; their warnings are in the log)."""
+    counts: dict[str, int] = {}
+    for ds in (getattr(dm, "train_set", None), getattr(dm, "val_set", None)):
+        for reason in getattr(ds, "unreadable", {}).values():
+            counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 def _probe_summary(trainer: L.Trainer) -> dict[str, Any]:

@@ -171,3 +171,55 @@ def test_disk_full_stops_training_with_the_clear_error(data_dirs, tmp_path, monk
     kept = _step(run / "checkpoints" / "last.ckpt")
     assert 1 <= kept < 3, kept  # the last checkpoint written before the disk filled up, loadable
     assert _resume_in_process(run, data_dirs)["global_step"] == TOTAL_STEPS
+
+
+class CorruptAfterFirstEpoch:
+    """Overwrites the first training scan with garbage when epoch 0 ends (a file damaged while training runs)."""
+
+    def __init__(self):
+        import lightning as L
+
+        class _Callback(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                if trainer.current_epoch == 0:
+                    path = Path(trainer.datamodule.train_set.sources[0])
+                    path.write_bytes(b"\x00garbage, not gzip, not NIfTI" * 7)
+
+        self.callback = _Callback()
+
+
+def test_a_file_corrupted_mid_training_is_skipped_logged_and_counted(tmp_path, caplog):
+    torch.set_num_threads(1)
+    data = (tmp_path / "phantoms", tmp_path / "cache")
+    cli = PretrainCLI(args=_args(tmp_path / "run", data), run=False)
+    cli.trainer.callbacks.append(CorruptAfterFirstEpoch().callback)
+    with caplog.at_level("WARNING", logger="medssl.data.dataset"):
+        summary = cli.fit()
+    assert summary["global_step"] == TOTAL_STEPS  # training went on
+    assert summary["replaced_items"] == 2  # scan 0's item in epochs 1 and 2 (one item per scan per epoch)
+    (reason, count), = summary["unreadable_scans"].items()
+    assert count == 1 and reason in ("bad_nifti_header", "unreadable", "truncated")
+    warnings = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and f"[{reason}]" in warnings[0] and "scan 0 of 3" in warnings[0]
+    assert str(tmp_path) not in warnings[0]  # logs name the scan, not the (possibly identifying) path
+
+
+def test_a_corrupted_file_stops_training_when_skipping_is_off(tmp_path):
+    from medssl.errors import MedsslError
+
+    torch.set_num_threads(1)
+    data = (tmp_path / "phantoms", tmp_path / "cache")
+    cli = PretrainCLI(args=_args(tmp_path / "run", data, "--data.skip_unreadable=false"), run=False)
+    cli.trainer.callbacks.append(CorruptAfterFirstEpoch().callback)
+    with pytest.raises(MedsslError) as info:
+        cli.fit()
+    assert info.value.files and Path(info.value.files[0]).name == Path(cli.datamodule.train_set.sources[0]).name
+
+
+def test_nonfinite_loss_policies_are_covered():
+    """NaN losses (stop, or skip per config, with a message) are tested in tests/training/test_checkpoint_nonfinite.py;
+    this guards that those tests stay."""
+    text = (REPO / "tests" / "training" / "test_checkpoint_nonfinite.py").read_text()
+    for name in ("test_nonfinite_loss_stops_with_a_clear_message", "test_nonfinite_loss_skip_policy_skips_and_keeps_weights_finite",
+                 "test_too_many_consecutive_nonfinite_losses_stop"):
+        assert f"def {name}(" in text
