@@ -32,6 +32,7 @@ from torch.utils.data import Subset
 from medssl.data.atomic import atomic_write_text
 from medssl.data.medmnist import MedMNISTDataset
 from medssl.errors import MedsslError
+from medssl.eval.precise_bn import recalibrated_copy
 from medssl.eval.probe import extract_features, probe_report
 
 PROBE_FILE = "probe.json"
@@ -52,11 +53,15 @@ class OnlineProbe(L.Callback):
         k: neighbours of the weighted kNN.
         seed: seed of the subsets and of the logistic regression.
         batch_size: batch size of the feature extraction.
+        precise_bn: re-estimate BatchNorm statistics on the probe's training images (``precise_bn_batches``
+            batches) in a copy of the encoder before extracting features
+            (:func:`medssl.eval.precise_bn.recalibrated_copy`); without it, the stale running statistics of a
+            short run or of the initialisation distort both the "before" and the "after" numbers.
     """
 
     def __init__(self, path: str, spatial_dims: int = 2, train_split: str = "train", eval_split: str = "val",
                  max_train: int = 1000, max_eval: int = 500, every_n_epochs: int = 1, k: int = 20, seed: int = 0,
-                 batch_size: int = 256):
+                 batch_size: int = 256, precise_bn: bool = True, precise_bn_batches: int = 8):
         if max_train < 1 or max_eval < 1 or every_n_epochs < 1 or k < 1 or batch_size < 1:
             raise ValueError(f"OnlineProbe needs positive sizes, got max_train={max_train}, max_eval={max_eval}, "
                              f"every_n_epochs={every_n_epochs}, k={k}, batch_size={batch_size}")
@@ -64,6 +69,9 @@ class OnlineProbe(L.Callback):
         self.train_split, self.eval_split = train_split, eval_split
         self.max_train, self.max_eval = max_train, max_eval
         self.every_n_epochs, self.k, self.seed, self.batch_size = every_n_epochs, k, seed, batch_size
+        if precise_bn_batches < 1:
+            raise ValueError(f"precise_bn_batches must be >= 1, got {precise_bn_batches}")
+        self.precise_bn, self.precise_bn_batches = precise_bn, precise_bn_batches
         self.history: list[dict[str, Any]] = []
         self.disabled = False
         self._checked = False
@@ -129,6 +137,9 @@ class OnlineProbe(L.Callback):
         if self.disabled or not self._accepts(encoder, pl_module.device):
             return None
         train, evaluation = self.datasets()
+        if self.precise_bn:
+            encoder = recalibrated_copy(encoder, train, batch_size=self.batch_size,
+                                        num_batches=self.precise_bn_batches, device=pl_module.device)
         train_x, train_y = extract_features(encoder, train, self.batch_size, pl_module.device)
         eval_x, eval_y = extract_features(encoder, evaluation, self.batch_size, pl_module.device)
         return probe_report(train_x, train_y, eval_x, eval_y, k=self.k, seed=self.seed,
