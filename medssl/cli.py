@@ -46,7 +46,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     result = build_index(Path(args.archive), Path(args.out), workers=args.workers, tilt=args.tilt,
                          uneven=args.uneven, fourd=args.fourd, progress=not args.quiet, reuse=not args.no_reuse)
-    table = Table(title=f"index of {args.archive}")
+    table = Table(title="archive index")  # no path: archive folder names can hold patient names
     table.add_column("files seen", justify="right")
     table.add_column("indexed", justify="right")
     table.add_column("skipped", justify="right")
@@ -73,7 +73,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     salt = load_or_create_salt(args.index) if args.index else None
     if args.list:
         stacks = find_series(args.source)
-        table = Table(title=f"stacks in {args.source}")
+        table = Table(title="stacks in SOURCE (keys are salted hashes)")  # no path: folders can hold patient names
         for col in ("#", "key" if salt else "", "series", "modality", "files", "rows x cols"):
             if col:
                 table.add_column(col)

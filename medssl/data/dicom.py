@@ -1,9 +1,10 @@
 """Geometry-correct DICOM series reader.
 
 ``read_dicom_series(source)`` finds the stacks in ``source`` (a folder, a file, or a list of files), picks one
-(``series=`` key or number; an error lists them when the choice is ambiguous), validates its geometry under a strict
-policy (:mod:`medssl.data.geometry`), decodes pixels (compressed transfer syntaxes through pydicom's pylibjpeg /
-gdcm plugins), applies RescaleSlope/Intercept per slice and returns a :class:`monai.data.MetaTensor` of shape
+(``series=`` key or number; an error lists them when the choice is ambiguous; localizer stacks mixed into the folder
+are left out, with a warning, unless ``series=`` asks for one), refuses a stack one of whose files is truncated,
+validates its geometry under a strict policy (:mod:`medssl.data.geometry`), decodes pixels (compressed transfer
+syntaxes through pydicom's pylibjpeg / gdcm plugins), applies RescaleSlope/Intercept per slice and returns a :class:`monai.data.MetaTensor` of shape
 (X, Y, Z) or (X, Y, Z, T) with a RAS affine, plus metadata free of patient identifiers.
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 import pydicom
 
 from medssl.data.deid import new_salt
-from medssl.data.dicom_header import DEFAULT_MAX_VOXELS, DicomHeader, read_header
+from medssl.data.dicom_header import (
+    DEFAULT_MAX_VOXELS, DicomHeader, decoder_available, read_header, series_uid_of_damaged,
+)
 from medssl.data.geometry import TILT_TOL_DEG, FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
 from medssl.data.mosaic import split_mosaic
 from medssl.data.series import Stack, group_headers
@@ -158,6 +161,9 @@ def _decode(header: DicomHeader) -> np.ndarray:
         ds = pydicom.dcmread(header.path)
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
+        if decoder_available(header.transfer_syntax):  # a decoder exists and failed: the stream is corrupt
+            raise DicomFileError(Reason.UNDECODABLE, f"pixel data undecodable: {str(exc).splitlines()[0]}",
+                                 [header.path]) from None
         name = pydicom.uid.UID(header.transfer_syntax).name
         raise DicomFileError(Reason.UNSUPPORTED_TRANSFER_SYNTAX,
                              f"cannot decode transfer syntax {name} ({header.transfer_syntax}): {exc}",
@@ -220,11 +226,27 @@ def read_dicom_volume(
         first = skipped[0][1]
         raise DicomSeriesError(first.reason, f"no usable DICOM image in {name}: {first.detail}",
                                [p for p, _ in skipped])
-    stack = select_stack(group_headers(headers), series, salt, name)
+    stacks = group_headers(headers)
+    notes: list[str] = []
+    scouts = [s for s in stacks if s.first.is_localizer]
+    if series is None and scouts and len(scouts) < len(stacks):  # a localizer mixed in is never the volume asked for
+        stacks = [s for s in stacks if not s.first.is_localizer]
+        notes.append(f"left out {sum(len(s.headers) for s in scouts)} localizer file(s)")
+    stack = select_stack(stacks, series, salt, name)
+    damaged = [p for p, exc in skipped if exc.reason == Reason.TRUNCATED
+               and series_uid_of_damaged(p) == stack.first.series_uid]
+    if damaged:  # never a volume with a slice silently missing
+        raise DicomSeriesError(Reason.TRUNCATED, f"{len(damaged)} file(s) of the series are truncated", damaged)
     geom = plan_stack(stack.headers, tilt=tilt, uneven=uneven, fourd=fourd)
     voxels = int(np.prod(geom.shape))
     if voxels > max_voxels:
         raise DicomSeriesError(Reason.SIZE_LIMIT, f"stack has {voxels} voxels (limit {max_voxels})", geom.files)
+    undecodable = [h.path for h in stack.headers if not decoder_available(h.transfer_syntax)]
+    if undecodable:  # refuse before decoding anything, naming every file concerned
+        names = sorted({pydicom.uid.UID(h.transfer_syntax).name or h.transfer_syntax for h in stack.headers
+                        if h.path in undecodable})
+        raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX,
+                               f"no pixel decoder installed for {', '.join(names)}", undecodable)
     volume = load_pixels(geom)
     affine = geom.affine_ras
     if geom.tilt_deg > TILT_TOL_DEG or geom.uneven:
@@ -245,7 +267,7 @@ def read_dicom_volume(
         "n_timepoints": geom.n_timepoints,
         "is_mosaic": h.is_mosaic,
         "gantry_tilt": round(geom.tilt_deg, 4),
-        "warnings": list(geom.warnings),
+        "warnings": notes + list(geom.warnings),
     }
     return volume, affine, meta
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,9 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
         raise DicomFileError(Reason.DICOMDIR, "DICOMDIR (a directory index, not an image)", [path])
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if not has_pixels and not any(sop_class.startswith(p) for p in _NON_IMAGE_PREFIXES) and _is_image_class(sop_class):
+        # an image object must hold pixel data: one that ends before it was cut short (a broken transfer)
+        raise DicomFileError(Reason.TRUNCATED, f"{UID(sop_class).name} object ends before its pixel data", [path])
     if not has_pixels or any(sop_class.startswith(p) for p in _NON_IMAGE_PREFIXES):
         raise DicomFileError(Reason.NO_PIXEL_DATA, f"no pixel data (SOP class {UID(sop_class).name or sop_class})",
                              [path])
@@ -282,6 +286,34 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
     if header.bits_allocated not in (1, 8, 16, 32, 64):
         raise DicomFileError(Reason.UNDECODABLE, f"BitsAllocated={header.bits_allocated}", [path])
     return header
+
+
+def _is_image_class(sop_class: str) -> bool:
+    """Whether a SOP class is an image storage class (pixel data mandatory), by its registered name."""
+    return "Image Storage" in (UID(sop_class).name or "") if sop_class else False
+
+
+@cache
+def decoder_available(transfer_syntax: str) -> bool:
+    """Whether pydicom has a working pixel decoder for ``transfer_syntax`` (native syntaxes always; compressed ones
+    through the installed pylibjpeg / gdcm / pillow plugins)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(transfer_syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def series_uid_of_damaged(path: str | Path) -> str | None:
+    """SeriesInstanceUID of a file whose header could not be fully read (truncated): a forced, tolerant read of the
+    tags before the damage, so the series the file belonged to can be refused instead of silently losing a slice."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SeriesInstanceUID"])
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - best effort on a broken file
+        return None
+    return uid if len(uid) > 8 and all(c in "0123456789." for c in uid) else None
 
 
 def _parse(path: Path):

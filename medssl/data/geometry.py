@@ -23,6 +23,8 @@ FourDPolicy = Literal["stack", "split", "error"]
 #: Relative tolerance on slice gaps (fraction of the median gap) and absolute floor in mm.
 GAP_RTOL = 0.01
 GAP_ATOL = 0.01
+#: Photometric interpretations whose single sample is an intensity (everything else is colour or a palette index).
+SCALAR_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 #: Largest angle (degrees) between the slice-to-slice step and the slice normal accepted as "not tilted".
 TILT_TOL_DEG = 0.1
 
@@ -91,6 +93,14 @@ def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
     """Files -> slices (mosaic tiles and enhanced frames become slices with their own positions)."""
     out: list[SliceRef] = []
     for h in headers:
+        if h.enhanced_frames and len(h.enhanced_frames) != h.number_of_frames:
+            raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, f"{h.number_of_frames} frames but "
+                                   f"{len(h.enhanced_frames)} per-frame functional groups", [h.path])
+        if h.number_of_frames > 1 and not h.enhanced_frames and not h.is_mosaic:
+            # legacy multi-frame (NM, US cine, RT dose grids ...): one position for all frames; reading it as one
+            # slice would silently drop frames, stacking it would invent their positions
+            raise DicomSeriesError(Reason.MISSING_GEOMETRY, f"multi-frame object ({h.number_of_frames} frames) "
+                                   "without per-frame positions", [h.path])
         if h.enhanced_frames:
             for f, (pos, ori, ps, slope, inter, _idx) in enumerate(h.enhanced_frames):
                 if pos is None:
@@ -141,6 +151,11 @@ def plan_stack(
     if not headers:
         raise DicomSeriesError(Reason.EMPTY_SERIES, "no files in stack")
     files = [h.path for h in headers]
+    colour = [h.path for h in headers if h.samples_per_pixel != 1 or h.photometric not in SCALAR_PHOTOMETRIC]
+    if colour:
+        kinds = sorted({f"{h.photometric} x{h.samples_per_pixel}" for h in headers if h.path in colour})
+        raise DicomSeriesError(Reason.UNSUPPORTED_PHOTOMETRIC, f"not a scalar image ({', '.join(kinds)}): colour, "
+                               "palette or YBR data (ultrasound, photos, screenshots) is no training volume", colour)
     shapes = {(h.rows, h.columns, h.samples_per_pixel) for h in headers}
     if len(shapes) > 1:
         raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, f"rows/columns/samples differ: {sorted(shapes)}", files)
@@ -191,10 +206,14 @@ def plan_stack(
             z_dist.append(float(dist[idx]))
     counts = {len(c) for c in columns_z}
     if len(counts) > 1:
-        dup = [s.header.path for c in columns_z if len(c) != min(counts) for s in c]
+        # most positions hold one slice: the extra ones are duplicates; most hold several: a time series (or
+        # multi-phase stack) in which some positions lack a time point
+        per_position = [len(c) for c in columns_z]
+        typical = max(sorted(counts), key=per_position.count)
+        odd = [s.header.path for c in columns_z if len(c) != typical for s in c]
         raise DicomSeriesError(
-            Reason.DUPLICATE_POSITION if min(counts) == 1 and len(columns_z) > 1 else Reason.INCONSISTENT_TIMEPOINTS,
-            f"slice positions repeat unevenly (counts per position: {sorted(counts)})", dup)
+            Reason.DUPLICATE_POSITION if typical == 1 else Reason.INCONSISTENT_TIMEPOINTS,
+            f"slice positions repeat unevenly (slices per position: {sorted(counts)}, typically {typical})", odd)
     n_t = counts.pop()
     if n_t > 1:
         for c in columns_z:

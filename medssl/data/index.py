@@ -8,8 +8,8 @@
 - ``series.csv``: usable volumes only (``ok``, or ``ok_with_warnings`` when tilt/uneven resampling was opted in),
   described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
-  settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers keyed by path, reused while a
-  file's ``(size, mtime_ns)`` is unchanged).
+  settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers keyed by a salted hash of the
+  relative path, reused while a file's ``(size, mtime_ns)`` is unchanged).
 
 Privacy: series keys are salted hashes (:meth:`Stack.public_key`); no names, IDs, dates, accession numbers or UIDs are
 written, and the cache stores Series/Study/SOP Instance UIDs only as salted hashes (grouping needs equality only).
@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -36,8 +35,19 @@ from medssl import __version__
 from medssl.data.atomic import atomic_write_text
 from medssl.data.crawl import Found, crawl
 from medssl.data.deid import hash_identifier, load_or_create_salt
-from medssl.data.dicom_header import DicomHeader, read_header
-from medssl.data.geometry import FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
+from medssl.data.dicom_header import (
+    DicomHeader,
+    decoder_available,
+    read_header,
+    series_uid_of_damaged,
+)
+from medssl.data.geometry import (
+    FourDPolicy,
+    StackGeometry,
+    TiltPolicy,
+    UnevenPolicy,
+    plan_stack,
+)
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, Reason
 
@@ -46,7 +56,7 @@ SERIES_COLUMNS = ("series_key", "modality", "body_part", "manufacturer", "rows",
                   "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status")
 REJECTED_COLUMNS = ("series_key", "reason", "n_files", "message")
 CACHE_FILE = ".headers.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries keyed by salted hashes of the relative paths (folder names may hold PHI)
 _INT_COLUMNS = {"size", "rows", "columns", "n_slices", "n_timepoints", "n_files"}
 _UID_FIELDS = ("series_uid", "study_uid", "sop_instance_uid")
 _HEADER_FIELDS = [f.name for f in fields(DicomHeader) if f.name != "path"]
@@ -143,7 +153,13 @@ def _read_chunk(items: list[tuple[str, str]], salt: str) -> list[tuple[str, dict
 def _read_all(items: list[tuple[str, str]], salt: str, workers: int, show: bool) -> dict[str, tuple]:
     """Read headers in chunks (a process pool when ``workers > 1``) behind a rich progress bar."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     results: dict[str, tuple] = {}
     size = max(1, min(256, -(-len(items) // max(1, workers * 4))))
@@ -182,17 +198,6 @@ def _load_cache(out_dir: Path, stamp: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ stacks
-@lru_cache(maxsize=None)
-def _decodable(transfer_syntax: str) -> bool:
-    """Whether pydicom has an available pixel decoder for the transfer syntax (plugins installed)."""
-    from pydicom.pixels import get_decoder
-
-    try:
-        return bool(get_decoder(transfer_syntax).is_available)
-    except (NotImplementedError, ValueError):
-        return False
-
-
 def _fmt(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".")
 
@@ -206,17 +211,25 @@ def _series_row(key: str, stack: Stack, geom: StackGeometry) -> dict:
             "is_mosaic": h.is_mosaic, "status": "ok_with_warnings" if geom.warnings else "ok"}
 
 
-def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict):
-    """Stacks -> (per-path (status, reason, key), series rows, rejected rows)."""
+def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict, damaged: Counter | None = None):
+    """Stacks -> (per-path (status, reason, key), series rows, rejected rows). ``damaged`` counts truncated files
+    per (hashed) SeriesInstanceUID: a series that lost a file is refused, never indexed one slice short."""
     placed: dict[str, tuple[str, str, str]] = {}
     series, rejected = [], []
+    damaged = damaged or Counter()
     for stack in stacks:
         key = stack.public_key(salt)
         if stack.first.is_localizer:
             placed.update((h.path, ("skipped", Reason.LOCALIZER.value, key)) for h in stack.headers)
             continue
         try:
-            bad = sorted({h.transfer_syntax for h in stack.headers if not _decodable(h.transfer_syntax)})
+            if stack.n_orientations > 1:  # as the reader does: never index part of a series as if it were whole
+                raise DicomSeriesError(Reason.MIXED_ORIENTATION,
+                                       f"the series holds {stack.n_orientations} slice orientations")
+            if damaged[stack.first.series_uid]:
+                raise DicomSeriesError(Reason.TRUNCATED,
+                                       f"{damaged[stack.first.series_uid]} file(s) of this series are truncated")
+            bad = sorted({h.transfer_syntax for h in stack.headers if not decoder_available(h.transfer_syntax)})
             if bad:
                 names = ", ".join(UID(ts).name or ts for ts in bad)
                 raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no pixel decoder available for {names}")
@@ -248,13 +261,13 @@ def _typed(row: dict) -> dict:
     return out
 
 
-def _lookup(found: list[Found], cache: dict) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
+def _lookup(found: list[Found], cache: dict, salt: str) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
     """Cached ``rel -> (record or None, reason)`` for files whose (size, mtime_ns) is unchanged; the rest to read."""
     records, todo = {}, []
     for f in found:
         if f.reason:
             continue
-        hit = cache.get(f.rel)
+        hit = cache.get(hash_identifier(f.rel, salt, 32))
         if (isinstance(hit, dict) and hit.get("size") == f.size and hit.get("mtime_ns") == f.mtime_ns
                 and (hit.get("reason") or set(hit.get("header") or ()) == set(_HEADER_FIELDS))):
             records[f.rel] = (hit.get("header"), hit.get("reason", ""))
@@ -263,15 +276,17 @@ def _lookup(found: list[Found], cache: dict) -> tuple[dict[str, tuple], list[tup
     return records, todo
 
 
-def _cache_entries(found: list[Found], records: dict[str, tuple]) -> dict[str, dict]:
-    """Cache content: headers and content-determined skip reasons of the files that exist now."""
+def _cache_entries(found: list[Found], records: dict[str, tuple], salt: str) -> dict[str, dict]:
+    """Cache content: headers and content-determined skip reasons of the files that exist now, keyed by a salted
+    hash of the relative path (the cache holds no file or folder names)."""
     entries = {}
     for f in found:
         rec, reason = records.get(f.rel, (None, ""))
+        key = hash_identifier(f.rel, salt, 32)
         if rec is not None:
-            entries[f.rel] = {"size": f.size, "mtime_ns": f.mtime_ns, "header": rec}
+            entries[key] = {"size": f.size, "mtime_ns": f.mtime_ns, "header": rec}
         elif reason and not f.reason and reason not in _TRANSIENT:
-            entries[f.rel] = {"size": f.size, "mtime_ns": f.mtime_ns, "reason": reason}
+            entries[key] = {"size": f.size, "mtime_ns": f.mtime_ns, "reason": reason}
     return entries
 
 
@@ -294,7 +309,7 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
     found = crawl(archive, exclude=out_dir)
     timings["crawl_s"] = time.perf_counter() - t0
     stamp = _cache_stamp(archive, salt)
-    records, todo = _lookup(found, _load_cache(out_dir, stamp) if reuse else {})
+    records, todo = _lookup(found, _load_cache(out_dir, stamp) if reuse else {}, salt)
     t1 = time.perf_counter()
     records.update(_read_all(todo, salt, workers, progress and sys.stderr.isatty()))
     timings["read_s"] = time.perf_counter() - t1
@@ -302,7 +317,10 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
     t2 = time.perf_counter()
     headers = [_header_from_record(rec, f.path) for f in found if (rec := records.get(f.rel, (None,))[0])]
     policy = {"tilt": tilt, "uneven": uneven, "fourd": fourd}
-    placed, series, rejected = _assess(group_headers(headers), salt, archive, policy)
+    damaged = Counter(hash_identifier(uid, salt) for f in found
+                      if records.get(f.rel, (None, ""))[1] == Reason.TRUNCATED.value
+                      and (uid := series_uid_of_damaged(f.path)))
+    placed, series, rejected = _assess(group_headers(headers), salt, archive, policy, damaged)
     timings["assess_s"] = time.perf_counter() - t2
 
     rows = []
@@ -321,7 +339,7 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
     atomic_write_text(out_dir / "files.csv", _csv_text(FILES_COLUMNS, rows))
     atomic_write_text(out_dir / "series.csv", _csv_text(SERIES_COLUMNS, series))
     atomic_write_text(out_dir / "rejected_series.csv", _csv_text(REJECTED_COLUMNS, rejected))
-    atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records)},
+    atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records, salt)},
                                                    separators=(",", ":")))
     timings["write_s"] = time.perf_counter() - t3
     elapsed = time.perf_counter() - t0

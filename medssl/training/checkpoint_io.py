@@ -51,6 +51,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
         path = Path(path)
+        if weights_only is False:
+            raise ValueError(f"refusing to load {path} with weights_only=False: medssl checkpoints hold only tensors "
+                             "and plain containers, and unpickling arbitrary objects can run code")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        return torch.load(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+        return torch.load(path, map_location=map_location, weights_only=True)
