@@ -16,7 +16,7 @@ def test_there_is_a_tiny_and_a_realistic_config_per_method():
     names = {p.stem for p in CONFIGS}
     for method in ("mae3d", "mae2d", "simmim3d"):
         assert {method, f"{method}_tiny"} <= names
-    for method in ("simclr", "moco", "byol", "simsiam", "dino", "rotation", "jigsaw", "genesis", "autoencoder"):
+    for method in ("simclr", "moco", "byol", "simsiam", "dino", "rotation", "jigsaw", "genesis", "autoencoder", "cpc", "swav"):
         assert any(n.startswith(method) and n.endswith("_tiny") for n in names), method
         assert f"{method}3d" in names, method  # the realistic GPU recipe
 
