@@ -5,6 +5,7 @@ from medssl.eval.figures import embedding_map, segmentation_overlay, segmentatio
 from medssl.eval.label_efficiency import label_efficiency_plot, markdown_table, summarise
 from medssl.eval.metrics import segmentation_metrics
 from medssl.eval.plots import reconstruction_grid, training_curves
+from medssl.eval.precise_bn import recalibrated_copy
 from medssl.eval.probe import (
     classification_metrics,
     extract_features,
@@ -16,5 +17,5 @@ from medssl.eval.report import build_report
 
 __all__ = ["build_report", "classification_metrics", "embedding_map", "extract_features", "index_accounting",
            "knn_predict", "label_efficiency_plot", "linear_probe_predict", "markdown_table", "orthogonal_planes",
-           "probe_report", "reconstruction_grid", "segmentation_metrics", "segmentation_overlay",
+           "probe_report", "recalibrated_copy", "reconstruction_grid", "segmentation_metrics", "segmentation_overlay",
            "segmentation_overlays", "summarise", "training_curves", "volume_planes"]
