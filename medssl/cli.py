@@ -45,7 +45,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from medssl.data.index import build_index
 
     result = build_index(Path(args.archive), Path(args.out), workers=args.workers, tilt=args.tilt,
-                         uneven=args.uneven, fourd=args.fourd, progress=not args.quiet, reuse=not args.no_reuse)
+                         uneven=args.uneven, fourd=args.fourd, progress=not args.quiet, reuse=not args.no_reuse,
+                         dedup=args.dedup)
     table = Table(title="archive index")  # no path: archive folder names can hold patient names
     table.add_column("files seen", justify="right")
     table.add_column("indexed", justify="right")
@@ -53,6 +54,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     table.add_column("volumes", justify="right")
     table.add_row(str(result.seen), str(result.indexed), str(result.skipped), str(len(result.series)))
     console.print(table)
+    if args.dedup:
+        kinds = {k: sum(r["kind"] == k for r in result.duplicates) for k in ("file", "series", "near")}
+        console.print(f"duplicates: {kinds['file']} file copies (skipped), {kinds['series']} series with the same "
+                      f"pixels, {kinds['near']} near-duplicate volumes (both excluded from datasets); see "
+                      "duplicates.csv")
     if result.reason_counts:
         reasons = Table(title="skipped files by reason")
         reasons.add_column("reason")
@@ -111,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--no-reuse", action="store_true", help="re-read every header even if unchanged")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dedup", action="store_true",
+                   help="find duplicate files (sha256), duplicate series (same decoded pixels) and near-duplicate "
+                        "volumes (perceptual hash; decodes every series): duplicates.csv, excluded from datasets")
     _add_policy(p)
     p.set_defaults(func=cmd_index)
 

@@ -50,6 +50,9 @@ class Reason(str, Enum):
     BAD_CONFIG = "bad_config"  # a config contradicts the data or the model (e.g. image size vs ViT img_size)
     BAD_ENCODER_CARD = "bad_encoder_card"  # an encoder card/weights file that is missing, altered or inconsistent
     WRITE_FAILED = "write_failed"  # an output (checkpoint, cache entry) could not be written: disk full, quota, I/O
+    # index quality and concurrency
+    DUPLICATE_FILE = "duplicate_file"  # byte-identical to a file kept earlier (medssl index --dedup)
+    INDEX_LOCKED = "index_locked"  # another medssl index run held the output folder past the timeout
 
     def __str__(self) -> str:  # so f"{reason}" prints the code
         return self.value

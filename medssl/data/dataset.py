@@ -105,10 +105,15 @@ class ScanDataset(Dataset):
     def from_index(cls, index_dir: PathLike, archive_root: PathLike, cache: PreprocessCache,
                    **kwargs: Any) -> ScanDataset:
         """Dataset of the series indexed by the crawler: ``series.csv`` (series_key, status, ...) and
-        ``files.csv`` (path, status, series_key), paths relative to ``archive_root``; usable series (status ok*) and their indexed files only."""
+        ``files.csv`` (path, status, series_key), paths relative to ``archive_root``; usable series (status ok*)
+        and their indexed files only: duplicates marked by ``medssl index --dedup`` (status ``duplicate`` /
+        ``near_duplicate``) are left out. ``patient_keys`` holds each series' hashed patient key (its series key
+        for indexes without that column)."""
         index_dir, archive_root = Path(index_dir), Path(archive_root)
         with open(index_dir / "series.csv", newline="") as fh:
-            keys = [r["series_key"] for r in csv.DictReader(fh) if r["status"] in ("ok", "ok_with_warnings")]
+            usable = [r for r in csv.DictReader(fh) if r["status"] in ("ok", "ok_with_warnings")]
+        keys = [r["series_key"] for r in usable]
+        patient_of = {r["series_key"]: r.get("patient_key") or r["series_key"] for r in usable}
         files: dict[str, list[Path]] = defaultdict(list)
         wanted = set(keys)
         with open(index_dir / "files.csv", newline="") as fh:
@@ -131,6 +136,7 @@ class ScanDataset(Dataset):
             sources.append(paths[0] if is_nifti else paths)
         ds = cls(sources, cache, **kwargs)
         ds.series_keys = keys
+        ds.patient_keys = [patient_of[k] for k in keys]
         return ds
 
     def set_epoch(self, epoch: int) -> None:

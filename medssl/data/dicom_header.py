@@ -3,7 +3,9 @@
 :func:`read_header` reads a file up to (not including) the pixel data and returns a :class:`DicomHeader` holding
 exactly the fields that grouping, ordering and geometry need, or raises :class:`DicomFileError` with a stable
 reason code. No patient identifiers are kept on the header object except the UIDs needed to group files; those
-never leave the process unhashed (see :mod:`medssl.data.deid`).
+never leave the process unhashed (see :mod:`medssl.data.deid`). The PatientID is never kept: only its keyed hash
+(``patient_hash``, with the caller's salt, or a random per-process salt when none is given), which the archive
+index uses to keep all series of one patient on the same side of a train/val split.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.uid import UID
 
+from medssl.data.deid import hash_identifier, new_salt
 from medssl.errors import DicomFileError, Reason
 
 #: SOP classes of DICOM objects that never hold an image (structured reports, presentation states, RT plans ...)
@@ -37,6 +40,9 @@ _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 DEFAULT_MAX_VOXELS = 2_000_000_000
 
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+#: Hashes PatientIDs when the caller gives no salt: the raw ID never reaches a header object, and such hashes are
+#: comparable only within one process (callers that write them out pass the index's salt).
+_PROCESS_SALT = new_salt()
 
 
 def _magic(head: bytes) -> tuple[bool, bool]:
@@ -98,6 +104,7 @@ class DicomHeader:
     mosaic_normal: tuple | None = None  # slice direction of a mosaic's tiles (CSA SliceNormalVector sign)
     pixel_offset: int | None = None  # file offset of native (unencapsulated) pixel bytes, for the fast path
     pixel_length: int | None = None
+    patient_hash: str = ""  # keyed hash of PatientID ("" when absent); the raw ID is never stored
 
     @property
     def is_mosaic(self) -> bool:
@@ -195,8 +202,11 @@ def _enhanced_frames(ds) -> tuple:
     return tuple(frames)
 
 
-def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> DicomHeader:
-    """Read one file's header (no pixel data). Raises :class:`DicomFileError` with a reason code."""
+def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS, salt: str | None = None) -> DicomHeader:
+    """Read one file's header (no pixel data). Raises :class:`DicomFileError` with a reason code.
+
+    ``salt`` keys the hash of the PatientID (:attr:`DicomHeader.patient_hash`); without one a per-process salt is
+    used."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -273,6 +283,7 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
         enhanced_frames=_enhanced_frames(ds),
         pixel_offset=pixel_at[0] if pixel_at else None,
         pixel_length=pixel_at[1] if pixel_at else None,
+        patient_hash=_patient_hash(ds, salt),
     )
     if "MOSAIC" in header.image_type:
         object.__setattr__(header, "mosaic_images", _mosaic_count(ds))
@@ -286,6 +297,12 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Di
     if header.bits_allocated not in (1, 8, 16, 32, 64):
         raise DicomFileError(Reason.UNDECODABLE, f"BitsAllocated={header.bits_allocated}", [path])
     return header
+
+
+def _patient_hash(ds, salt: str | None) -> str:
+    """Keyed hash of PatientID, or "" when it is absent or blank (the raw value is dropped here)."""
+    value = str(ds.get("PatientID", "") or "").strip()
+    return hash_identifier("PatientID:" + value, salt or _PROCESS_SALT) if value else ""
 
 
 def _is_image_class(sop_class: str) -> bool:

@@ -10,6 +10,17 @@
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
   settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers keyed by a salted hash of the
   relative path, reused while a file's ``(size, mtime_ns)`` is unchanged).
+- with ``dedup=True`` (``medssl index --dedup``): ``duplicates.csv`` and duplicate statuses, see
+  :mod:`medssl.data.dedup`.
+
+Patients: each series.csv row has a ``patient_key``, a salted hash of the PatientID, falling back to the
+StudyInstanceUID and then to the series itself when the ID is missing; ``patient_key_source`` says which
+(``patient_id`` | ``study_uid`` | ``series``; counts in index.json). The raw PatientID is hashed as the header is
+read and never stored, not even in the header cache. The ``ArchiveIndex`` source splits train/val by this key.
+
+Concurrency: a run holds an exclusive lock on ``out_dir`` (:mod:`medssl.data.lock`) from before it reads the salt
+until index.json is written; a second run on the same folder waits for it (up to ``lock_timeout_s``, then
+:class:`~medssl.data.lock.IndexLockedError`, reason ``index_locked``).
 
 Privacy: series keys are salted hashes (:meth:`Stack.public_key`); no names, IDs, dates, accession numbers or UIDs are
 written, and the cache stores Series/Study/SOP Instance UIDs only as salted hashes (grouping needs equality only).
@@ -34,6 +45,13 @@ from pydicom.uid import UID
 from medssl import __version__
 from medssl.data.atomic import atomic_write_text
 from medssl.data.crawl import Found, crawl
+from medssl.data.dedup import (
+    DUPLICATES_COLUMNS,
+    NEAR_BITS,
+    NEAR_MAX_DISTANCE,
+    duplicate_files,
+    mark_duplicates,
+)
 from medssl.data.deid import hash_identifier, load_or_create_salt
 from medssl.data.dicom_header import (
     DicomHeader,
@@ -48,15 +66,19 @@ from medssl.data.geometry import (
     UnevenPolicy,
     plan_stack,
 )
+from medssl.data.lock import DEFAULT_TIMEOUT_S, folder_lock
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, Reason
 
 FILES_COLUMNS = ("path", "size", "status", "reason", "series_key")
 SERIES_COLUMNS = ("series_key", "modality", "body_part", "manufacturer", "rows", "columns", "n_slices",
-                  "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status")
+                  "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status", "patient_key",
+                  "patient_key_source")
+#: series.csv statuses of volumes that datasets use (the others: dedup's ``duplicate`` / ``near_duplicate``)
+USABLE_STATUSES = ("ok", "ok_with_warnings")
 REJECTED_COLUMNS = ("series_key", "reason", "n_files", "message")
 CACHE_FILE = ".headers.json"
-CACHE_FORMAT = 2  # 2: entries keyed by salted hashes of the relative paths (folder names may hold PHI)
+CACHE_FORMAT = 3  # 2: entries keyed by salted hashes of the relative paths (folder names may hold PHI); 3: patient_hash
 _INT_COLUMNS = {"size", "rows", "columns", "n_slices", "n_timepoints", "n_files"}
 _UID_FIELDS = ("series_uid", "study_uid", "sop_instance_uid")
 _HEADER_FIELDS = [f.name for f in fields(DicomHeader) if f.name != "path"]
@@ -80,6 +102,7 @@ class IndexResult:
     headers_reused: int
     elapsed_s: float
     timings: dict[str, float] = field(default_factory=dict)
+    duplicates: list[dict] = field(default_factory=list)  # rows of duplicates.csv (dedup runs only)
 
     @property
     def files_csv(self) -> Path:
@@ -102,7 +125,8 @@ class IndexResult:
         reasons = ", ".join(f"{k} {v}" for k, v in self.reason_counts.items()) or "none"
         return (f"seen {self.seen} = indexed {self.indexed} + skipped {self.skipped} ({reasons}); "
                 f"{len(self.series)} series, {len(self.rejected)} rejected; headers read {self.headers_read}, "
-                f"reused {self.headers_reused}; {self.elapsed_s:.1f} s")
+                f"reused {self.headers_reused}; " + (f"{len(self.duplicates)} duplicates; " if self.duplicates else "")
+                + f"{self.elapsed_s:.1f} s")
 
 
 # ----------------------------------------------------------------------------------------------------- headers
@@ -142,7 +166,7 @@ def _read_chunk(items: list[tuple[str, str]], salt: str) -> list[tuple[str, dict
     out = []
     for rel, path in items:
         try:
-            out.append((rel, _header_record(read_header(path), salt), ""))
+            out.append((rel, _header_record(read_header(path, salt=salt), salt), ""))
         except DicomFileError as exc:
             out.append((rel, None, exc.reason.value))
         except Exception:  # noqa: BLE001 - a malformed header must cost one row, not the whole crawl
@@ -202,13 +226,24 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".")
 
 
-def _series_row(key: str, stack: Stack, geom: StackGeometry) -> dict:
+def _patient_key(stack: Stack, key: str, salt: str) -> tuple[str, str]:
+    """(patient key, its source): the hashed PatientID, else the (hashed) StudyInstanceUID, else the series."""
     h = stack.first
+    for source, value in (("patient_id", h.patient_hash), ("study_uid", h.study_uid), ("series", key)):
+        if value:
+            return hash_identifier(f"patient|{source}|{value}", salt), source
+    raise AssertionError("a series key is never empty")
+
+
+def _series_row(key: str, stack: Stack, geom: StackGeometry, salt: str) -> dict:
+    h = stack.first
+    patient_key, patient_source = _patient_key(stack, key, salt)
     return {"series_key": key, "modality": h.modality, "body_part": h.body_part, "manufacturer": h.manufacturer,
             "rows": geom.rows, "columns": geom.columns, "n_slices": geom.n_slices,
             "n_timepoints": geom.n_timepoints, "shape": "x".join(str(s) for s in geom.shape),
             "spacing": "x".join(_fmt(s) for s in geom.spacing), "n_files": len(stack.headers),
-            "is_mosaic": h.is_mosaic, "status": "ok_with_warnings" if geom.warnings else "ok"}
+            "is_mosaic": h.is_mosaic, "status": "ok_with_warnings" if geom.warnings else "ok",
+            "patient_key": patient_key, "patient_key_source": patient_source}
 
 
 def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict, damaged: Counter | None = None):
@@ -240,7 +275,7 @@ def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict, damaged
                              "message": message})
             placed.update((h.path, ("skipped", exc.reason.value, key)) for h in stack.headers)
             continue
-        series.append(_series_row(key, stack, geom))
+        series.append(_series_row(key, stack, geom, salt))
         placed.update((h.path, ("indexed", "", key)) for h in stack.headers)
     return placed, series, rejected
 
@@ -292,9 +327,14 @@ def _cache_entries(found: list[Found], records: dict[str, tuple], salt: str) -> 
 
 def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPolicy = "error",
                 uneven: UnevenPolicy = "error", fourd: FourDPolicy = "stack", progress: bool = True,
-                reuse: bool = True) -> IndexResult:
-    """Crawl ``archive``, read every file's header, validate every stack, and write the manifests to ``out_dir``."""
-    t0 = time.perf_counter()
+                reuse: bool = True, dedup: bool = False, near_max_distance: int = NEAR_MAX_DISTANCE,
+                lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> IndexResult:
+    """Crawl ``archive``, read every file's header, validate every stack, and write the manifests to ``out_dir``.
+
+    ``dedup`` also finds duplicate files, series and near-duplicate volumes (decoding every series once; see
+    :mod:`medssl.data.dedup`). The run holds ``out_dir``'s lock throughout, waiting up to ``lock_timeout_s`` for
+    another run to finish.
+    """
     archive, out_dir = Path(archive).resolve(), Path(out_dir).resolve()
     if not archive.is_dir():
         raise NotADirectoryError(f"archive is not a directory: {archive}")
@@ -302,31 +342,53 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
                                  ("fourd", fourd, ("stack", "split", "error"))):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, timeout_s=lock_timeout_s):
+        return _build(archive, out_dir, workers=workers, policy={"tilt": tilt, "uneven": uneven, "fourd": fourd},
+                      progress=progress, reuse=reuse, dedup=dedup, near_max_distance=near_max_distance)
+
+
+def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress: bool, reuse: bool, dedup: bool,
+           near_max_distance: int) -> IndexResult:
+    t0 = time.perf_counter()
     salt = load_or_create_salt(out_dir)
     timings: dict[str, float] = {}
+    show = progress and sys.stderr.isatty()
 
     found = crawl(archive, exclude=out_dir)
     timings["crawl_s"] = time.perf_counter() - t0
     stamp = _cache_stamp(archive, salt)
     records, todo = _lookup(found, _load_cache(out_dir, stamp) if reuse else {}, salt)
     t1 = time.perf_counter()
-    records.update(_read_all(todo, salt, workers, progress and sys.stderr.isatty()))
+    records.update(_read_all(todo, salt, workers, show))
     timings["read_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    headers = [_header_from_record(rec, f.path) for f in found if (rec := records.get(f.rel, (None,))[0])]
-    policy = {"tilt": tilt, "uneven": uneven, "fourd": fourd}
+    # byte-identical copies are set aside before grouping (a copied slice is not a second slice at its position)
+    copies = duplicate_files([(f.rel, f.path, f.size) for f in found if records.get(f.rel, (None,))[0]]) \
+        if dedup else {}
+    headers = [_header_from_record(rec, f.path) for f in found
+               if (rec := records.get(f.rel, (None,))[0]) and f.rel not in copies]
     damaged = Counter(hash_identifier(uid, salt) for f in found
                       if records.get(f.rel, (None, ""))[1] == Reason.TRUNCATED.value
                       and (uid := series_uid_of_damaged(f.path)))
     placed, series, rejected = _assess(group_headers(headers), salt, archive, policy, damaged)
     timings["assess_s"] = time.perf_counter() - t2
 
+    duplicates, not_compared = [], 0
+    if dedup:
+        t_d = time.perf_counter()
+        duplicates, not_compared = mark_duplicates(found, placed, series, copies, salt, policy, workers=workers,
+                                                   show=show, max_distance=near_max_distance)
+        timings["dedup_s"] = time.perf_counter() - t_d
+
     rows = []
+    path_of = {f.rel: f.path for f in found}
     for f in found:
         rec, reason = records.get(f.rel, (None, f.reason))
-        status, reason, key = placed[f.path] if rec else ("skipped", reason, "")
+        if f.rel in copies:  # skipped, with the series key of the copy it duplicates (if that one was grouped)
+            status, reason, key = "skipped", Reason.DUPLICATE_FILE.value, placed[path_of[copies[f.rel]]][2]
+        else:
+            status, reason, key = placed[f.path] if rec else ("skipped", reason, "")
         rows.append({"path": f.rel, "size": f.size, "status": status, "reason": reason, "series_key": key})
     seen, indexed = len(found), sum(r["status"] == "indexed" for r in rows)
     skipped = sum(r["status"] == "skipped" for r in rows)
@@ -339,6 +401,10 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
     atomic_write_text(out_dir / "files.csv", _csv_text(FILES_COLUMNS, rows))
     atomic_write_text(out_dir / "series.csv", _csv_text(SERIES_COLUMNS, series))
     atomic_write_text(out_dir / "rejected_series.csv", _csv_text(REJECTED_COLUMNS, rejected))
+    if dedup:
+        atomic_write_text(out_dir / "duplicates.csv", _csv_text(DUPLICATES_COLUMNS, duplicates))
+    else:
+        (out_dir / "duplicates.csv").unlink(missing_ok=True)  # a stale report would contradict series.csv
     atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records, salt)},
                                                    separators=(",", ":")))
     timings["write_s"] = time.perf_counter() - t3
@@ -347,16 +413,25 @@ def build_index(archive: Path, out_dir: Path, *, workers: int = 2, tilt: TiltPol
     result = IndexResult(archive=archive, out_dir=out_dir, seen=seen, indexed=indexed, skipped=skipped,
                          reason_counts=reason_counts, series=series, rejected=rejected, headers_read=len(todo),
                          headers_reused=len(found) - len(todo) - sum(bool(f.reason) for f in found),
-                         elapsed_s=elapsed, timings={k: round(v, 4) for k, v in timings.items()})
+                         elapsed_s=elapsed, timings={k: round(v, 4) for k, v in timings.items()},
+                         duplicates=duplicates)
+    usable = [s for s in series if s["status"] in USABLE_STATUSES]
+    kinds = Counter(r["kind"] for r in duplicates)
     summary = {
         "medssl_version": __version__, "archive": str(archive),
         "counts": {"seen": seen, "indexed": indexed, "skipped": skipped, "n_series": len(series),
+                   "n_usable_series": len(usable), "n_patients": len({s["patient_key"] for s in usable}),
                    "n_rejected_series": len(rejected), "headers_read": result.headers_read,
                    "headers_reused": result.headers_reused},
         "reason_counts": reason_counts,
-        "settings": {**policy, "workers": workers, "reuse": reuse},
+        "patient_key_sources": dict(sorted(Counter(s["patient_key_source"] for s in series).items())),
+        "settings": {**policy, "workers": workers, "reuse": reuse, "dedup": dedup},
         "timings": result.timings,
     }
+    if dedup:
+        summary["dedup"] = {"duplicate_files": kinds["file"], "duplicate_series": kinds["series"],
+                            "near_duplicate_series": kinds["near"], "not_compared": not_compared,
+                            "near_max_distance": near_max_distance, "near_bits": NEAR_BITS}
     atomic_write_text(out_dir / "index.json", json.dumps(summary, indent=2) + "\n")
     return result
 
@@ -373,7 +448,7 @@ def load_index(index_dir: Path) -> tuple[list[dict], list[dict]]:
 def series_files(index_dir: Path, archive_root: Path) -> dict[str, list[Path]]:
     """Usable series -> their files (absolute, under ``archive_root``), in series.csv order."""
     files, series = load_index(index_dir)
-    out: dict[str, list[Path]] = {s["series_key"]: [] for s in series}
+    out: dict[str, list[Path]] = {s["series_key"]: [] for s in series if s["status"] in USABLE_STATUSES}
     for row in files:
         if row["status"] == "indexed" and row["series_key"] in out:
             out[row["series_key"]].append(Path(archive_root) / row["path"])

@@ -5,7 +5,9 @@ the train and validation datasets for the data module. All sources produce the s
 ``"image"`` MetaTensor ``(C, *spatial)``); volume sources go through the content-hashed preprocessing cache with the
 source's :class:`~medssl.data.plan.PreprocessPlan`, which is recorded in the exported encoder card.
 
-The validation split holds out whole scans (never slices of a training scan), chosen by a seeded permutation.
+The validation split holds out whole scans (never slices of a training scan), chosen by a seeded permutation; the
+``ArchiveIndex`` source holds out whole *patients* (all series with one hashed ``patient_key``), so no patient is on
+both sides.
 """
 from __future__ import annotations
 
@@ -58,13 +60,27 @@ class DataSource:
         raise NotImplementedError
 
 
-def split_scans(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded train/val split of ``n`` scans; at least one training scan, and one validation scan if asked."""
+def split_scans(n: int, val_fraction: float, seed: int,
+                groups: Optional[Sequence[str]] = None) -> tuple[list[int], list[int]]:
+    """Seeded train/val split of ``n`` scans; at least one training scan, and one validation scan if asked.
+
+    With ``groups`` (one key per scan, e.g. a hashed patient key) whole groups are split instead: ``val_fraction``
+    of the groups (at least one, and at least one left for training) go to validation with all their scans, chosen
+    by a seeded permutation of the sorted distinct keys (so the split does not depend on scan order).
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    n_val = min(n - 1, max(1, round(n * val_fraction))) if val_fraction > 0 and n > 1 else 0
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    if groups is None:
+        groups = [str(i) for i in range(n)]
+        keys: list[str] = list(groups)
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{len(groups)} group keys for {n} scans")
+        keys = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(keys)).tolist()
+    n_val = min(len(keys) - 1, max(1, round(len(keys) * val_fraction))) if val_fraction > 0 and len(keys) > 1 else 0
+    val_keys = {keys[i] for i in order[:n_val]}
+    return ([i for i in range(n) if groups[i] not in val_keys], [i for i in range(n) if groups[i] in val_keys])
 
 
 class VolumeSource(DataSource):
@@ -82,6 +98,8 @@ class VolumeSource(DataSource):
         self.cache_dir = cache_dir
         self.val_fraction = val_fraction
         self._counts: dict[str, int] = {}
+        self._groups: Optional[list[str]] = None  # one group key per scan (set by _scans): split by group
+        self._keys: Optional[list[str]] = None  # one series key per scan (set by _scans): kept on the datasets
 
     def _scans(self) -> tuple[list[Any], dict[str, Any]]:
         """Scan sources and reader options (e.g. the index's tilt policy)."""
@@ -92,14 +110,21 @@ class VolumeSource(DataSource):
         if not scans:
             raise ValueError(f"{type(self).__name__} found no scans")
         cache = PreprocessCache(self.cache_dir, self.plan, loader=loader)
-        train_idx, val_idx = split_scans(len(scans), self.val_fraction, request.seed)
+        train_idx, val_idx = split_scans(len(scans), self.val_fraction, request.seed, self._groups)
         common = dict(spatial_dims=request.spatial_dims, patch_size=request.patch_size,
                       slice_axis=request.slice_axis, seed=request.seed, skip_unreadable=request.skip_unreadable)
         train = ScanDataset([scans[i] for i in train_idx], cache, transform=request.train_transform, **common)
         val = (ScanDataset([scans[i] for i in val_idx], cache, transform=request.val_transform, **common)
                if val_idx else None)
+        for ds, idx in ((train, train_idx), (val, val_idx)):
+            if ds is not None and self._keys is not None:  # logs then name a failing scan by its series key
+                ds.series_keys = [self._keys[i] for i in idx]
         self._counts.update({"scans": len(scans), "train_scans": len(train_idx), "val_scans": len(val_idx),
                              "train_items": len(train), "val_items": len(val) if val is not None else 0})
+        if self._groups is not None:
+            self._counts.update({"patients": len(set(self._groups)),
+                                 "train_patients": len({self._groups[i] for i in train_idx}),
+                                 "val_patients": len({self._groups[i] for i in val_idx})})
         return train, val
 
     def preprocessing(self) -> dict[str, Any]:
@@ -111,7 +136,8 @@ class VolumeSource(DataSource):
 
 class ArchiveIndex(VolumeSource):
     """Series accepted by ``medssl index`` (``index_dir``) of the archive at ``archive_root``, read with the same
-    reader policy the crawler used."""
+    reader policy the crawler used. Duplicates found by ``medssl index --dedup`` are left out, and the train/val
+    split is by patient (series.csv ``patient_key``; per series for indexes written before that column existed)."""
 
     def __init__(self, index_dir: str, archive_root: str, plan: PreprocessPlan = PreprocessPlan(),
                  cache_dir: str = ".medssl_cache", val_fraction: float = 0.1):
@@ -121,6 +147,7 @@ class ArchiveIndex(VolumeSource):
     def _scans(self) -> tuple[list[Any], Any]:
         probe = ScanDataset.from_index(self.index_dir, self.archive_root,
                                        PreprocessCache(self.cache_dir, self.plan), spatial_dims=3)
+        self._groups, self._keys = probe.patient_keys, probe.series_keys
         return probe.sources, probe.cache.loader
 
 

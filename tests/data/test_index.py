@@ -3,7 +3,10 @@ identifying written, re-runs reuse the header cache, and process-parallel readin
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from pydicom.encaps import encapsulate
 from medssl.data.deid import SALT_FILE
 from medssl.data.index import build_index, load_index, series_files
 from medssl.data.phantoms import write_dicom_series
+from medssl.data.sources import ArchiveIndex, DatasetRequest, split_scans
 
 PATIENT = ("PHANTOM^TEST", "MEDSSL-PHANTOM-0001", "19700101", "20240102")
 OUTPUTS = ("files.csv", "series.csv", "rejected_series.csv")
@@ -224,3 +228,85 @@ def test_real_archive(shared_data, tmp_path):
     assert relaxed.seen == relaxed.indexed + relaxed.skipped and "gantry_tilt" not in relaxed.reason_counts
     ct_rows = [s for s in relaxed.series if s["series_key"] == key[ct[0]]]
     assert len(ct_rows) == 1 and ct_rows[0]["status"] == "ok_with_warnings" and ct_rows[0]["n_files"] == 28
+
+
+# ------------------------------------------------------------------------------------------- patient grouping
+def _patient_archive(root: Path) -> dict[str, str]:
+    """Six patients with 1-3 series each (several studies), one series without PatientID, one without PatientID and
+    StudyInstanceUID; returns the folder -> patient (or fallback) label of each series."""
+    label = {}
+    number = 0
+    for p, n_series in enumerate((3, 1, 2, 3, 1, 2)):
+        for s in range(n_series):
+            number += 1
+            folder = f"P{p}/s{s}"
+            _series(root / folder, 3, number, patient_id=f"PID-{p:03d}-SECRET", seed=number,
+                    study_uid=f"1.2.826.0.1.3680043.8.498.{p + 1}{s % 2 + 1}")  # two studies for multi-series patients
+            label[folder] = f"P{p}"
+    _series(root / "anon/s0", 3, 90, seed=90, extra={"PatientID": None})
+    label["anon/s0"] = "study"
+    _series(root / "bare/s0", 3, 91, seed=91, extra={"PatientID": "", "StudyInstanceUID": None})
+    label["bare/s0"] = "series"
+    return label
+
+
+@pytest.fixture(scope="module")
+def patients(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patients")
+    label = _patient_archive(root / "archive")
+    build_index(root / "archive", root / "index", workers=1, progress=False)
+    return root / "archive", root / "index", label
+
+
+def test_patient_key_groups_series_and_stores_no_patient_id(patients):
+    archive, index, label = patients
+    files, series = _read(index / "files.csv"), _read(index / "series.csv")
+    folder_of = {r["series_key"]: r["path"].rsplit("/", 1)[0] for r in files if r["status"] == "indexed"}
+    patient_of = {folder_of[s["series_key"]]: s["patient_key"] for s in series}
+    source_of = {folder_of[s["series_key"]]: s["patient_key_source"] for s in series}
+    assert len(series) == len(label) == 14
+    for a, b in itertools.combinations(label, 2):  # same patient <=> same key
+        assert (patient_of[a] == patient_of[b]) == (label[a] == label[b]), (a, b)
+    assert source_of["anon/s0"] == "study_uid" and source_of["bare/s0"] == "series"
+    assert all(re.fullmatch(r"[0-9a-f]{16}", k) for k in patient_of.values())
+    summary = json.loads((index / "index.json").read_text())
+    assert summary["patient_key_sources"] == {"patient_id": 12, "series": 1, "study_uid": 1}
+    assert summary["counts"]["n_patients"] == 8
+    # the raw PatientID is in no output, the header cache included, which holds only its keyed hash
+    for path in index.iterdir():
+        assert b"SECRET" not in path.read_bytes() and b"PID-0" not in path.read_bytes(), path.name
+    cache = json.loads((index / ".headers.json").read_text())["files"]
+    hashes = {e["header"]["patient_hash"] for e in cache.values()}
+    assert len(hashes) == 6 + 1 and all(re.fullmatch(r"[0-9a-f]{16}", h) for h in hashes - {""})
+
+
+def test_archive_split_never_divides_a_patient(patients, tmp_path):
+    archive, index, _ = patients
+    source = ArchiveIndex(str(index), str(archive), cache_dir=str(tmp_path / "cache"), val_fraction=0.3)
+    patient = {s["series_key"]: s["patient_key"] for s in _read(index / "series.csv")}
+    sizes = set()
+    for seed in range(60):
+        train, val = source.datasets(DatasetRequest(3, None, 2, seed, None, None))
+        tr, va = {patient[k] for k in train.series_keys}, {patient[k] for k in val.series_keys}
+        assert not tr & va, f"seed {seed}: a patient is on both sides"
+        assert len(train.series_keys) + len(val.series_keys) == 14 and len(va) == round(8 * 0.3)
+        sizes.add(len(val.series_keys))
+    assert len(sizes) > 1  # whole patients move: the number of held-out series varies with the seed
+    assert source.summary()["patients"] == 8 and source.summary()["val_patients"] == 2
+
+
+def test_split_scans_grouped_and_ungrouped():
+    rng = np.random.default_rng(0)
+    for seed in range(200):
+        groups = [f"g{int(g)}" for g in rng.integers(0, 7, size=int(rng.integers(2, 30)))]
+        train, val = split_scans(len(groups), 0.25, seed, groups)
+        assert sorted(train + val) == list(range(len(groups)))
+        assert not {groups[i] for i in train} & {groups[i] for i in val}
+        assert train  # at least one training group
+        # ungrouped: the seeded per-scan split it always was
+        order = np.random.default_rng(seed).permutation(len(groups)).tolist()
+        n_val = min(len(groups) - 1, max(1, round(len(groups) * 0.25)))
+        assert split_scans(len(groups), 0.25, seed) == (sorted(order[n_val:]), sorted(order[:n_val]))
+    assert split_scans(3, 0.5, 0, ["a", "a", "a"]) == ([0, 1, 2], [])  # one patient: nothing to hold out
+    with pytest.raises(ValueError, match="group keys"):
+        split_scans(3, 0.5, 0, ["a"])

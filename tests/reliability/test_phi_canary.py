@@ -2,9 +2,11 @@
 writes outside the archive.
 
 The archive (phantom series from :func:`medssl.data.phantoms.write_dicom_series`, then the canaries set with pydicom)
-goes through ``medssl index``, ``medssl convert`` (+ ``--list``), and the preprocessing cache; every file written
-(CSV, JSON, NIfTI, .safetensors and the salt, as bytes), the console output and the log records are scanned for each
-canary in its common spellings (upper / lower / title case, DICOM ``^`` name parts and their space-joined forms,
+goes through ``medssl index --dedup``, ``medssl convert`` (+ ``--list``), and the preprocessing cache, and then a tiny
+pretraining run reads the indexed archive (``ArchiveIndex``, the structure of ``configs/pretrain/mae3d_demo.yaml``:
+checkpoints, config.yaml, TensorBoard events and hparams.yaml, metrics.csv, encoder card and weights, summary.json,
+PNG plots). Every file written (CSV, JSON, YAML, NIfTI, .safetensors, .ckpt, event files, PNG and the salt, as bytes),
+the console output and the log records are scanned for each canary in its common spellings (upper / lower / title case, DICOM ``^`` name parts and their space-joined forms,
 several date formats, raw UIDs). Console text is scanned too, less the caller's own command-line paths that the CLI
 echoes back (``convert --list`` titles its table with SOURCE). The one documented exception among files is the index's ``files.csv`` ``path`` column: "index
 CSVs excepting relative paths" (issue 9), the archive's own relative paths, which carry a planted folder name exactly
@@ -22,12 +24,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 
 from medssl.cli import main
 from medssl.data.cache import PreprocessCache
 from medssl.data.deid import SAFE_KEYS, safe_metadata
 from medssl.data.dicom import read_dicom_series
 from medssl.data.dicom_header import DicomHeader
+from medssl.data.phantoms import make_phantom
 from medssl.data.plan import PreprocessPlan
 from tests.reliability.conftest import ramp, series
 
@@ -101,7 +105,8 @@ def _plant(files: list[Path], uids: set[str]) -> None:
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> tuple[Path, set[str]]:
-    """Two studies of one planted patient (a good CT, a series with a missing slice), a named non-DICOM file."""
+    """Two studies of one planted patient (a good CT, a series with a missing slice), a named non-DICOM file, and a
+    second (unplanted) patient's CT, so that a patient-grouped train/val split has two sides."""
     root = tmp_path_factory.mktemp("canary") / "archive"
     study = root / PATIENT_FOLDER / STUDY_FOLDER
     uids: set[str] = set()
@@ -112,6 +117,8 @@ def archive(tmp_path_factory) -> tuple[Path, set[str]]:
     for k, f in enumerate(good):  # file names carry the patient ID too
         f.rename(f.with_name(f"{CANARY['PatientID']}_{k:03d}.dcm"))
     (study / f"referral_{FAMILY}.txt").write_text("referral letter\n")
+    series(root / "control" / "CT", vol=make_phantom((16, 16, 6), (1.0, 1.0, 2.5), seed=3)[0],
+           patient_id="CONTROL-0002", number=3)
     return root, uids
 
 
@@ -146,7 +153,7 @@ def test_no_canary_in_any_output(archive, tmp_path, capsys, caplog):
     patient = root / PATIENT_FOLDER
     ct = next(patient.rglob("CT_abdomen"))
     argv_paths = [str(ct), str(ct.parent)]  # the caller's own arguments, echoed back to the caller's console
-    assert main(["index", str(root), "--out", str(out / "index"), "--workers", "1", "--quiet"]) == 0
+    assert main(["index", str(root), "--out", str(out / "index"), "--workers", "1", "--quiet", "--dedup"]) == 0
     assert main(["convert", str(ct), str(out / "convert" / "ct.nii.gz"), "--index", str(out / "index")]) == 0
     assert main(["convert", str(ct.parent), "--list", "--index", str(out / "index")]) == 0
     cache = PreprocessCache(out / "cache", PreprocessPlan(intensity="ct_window"))
@@ -174,6 +181,53 @@ def test_no_canary_in_any_output(archive, tmp_path, capsys, caplog):
     assert all(not r["path"].startswith("/") and str(root) not in r["path"] for r in rows)
     assert any(PATIENT_FOLDER in r["path"] for r in rows)  # the exception is real, and documented here
     assert {r["reason"] for r in rows} == {"", "missing_slice", "not_dicom"}
+
+
+def _tiny_pretrain_config(index: Path, archive: Path, cache: Path, path: Path) -> Path:
+    """configs/pretrain/mae3d_demo.yaml with tiny sizes: one epoch of one step on the indexed canary archive."""
+    cfg = yaml.safe_load((REPO / "configs" / "pretrain" / "mae3d_demo.yaml").read_text())
+    assert cfg["data"]["source"]["class_path"] == "medssl.data.sources.ArchiveIndex"
+    cfg["trainer"].update(max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False)
+    cfg["model"]["init_args"].update(img_size=[16, 16, 8], patch_size=4, hidden_size=24, num_layers=1, num_heads=2,
+                                     mlp_dim=32, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    cfg["data"]["source"]["init_args"].update(index_dir=str(index), archive_root=str(archive), cache_dir=str(cache),
+                                              val_fraction=0.5)
+    cfg["data"].update(patch_size=[16, 16, 8], batch_size=1, num_workers=0)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_no_canary_in_a_pretraining_run(archive, tmp_path, capsys, caplog):
+    """Index the canary archive, pretrain on it through ArchiveIndex, and scan everything the run wrote."""
+    from medssl.training.cli import PretrainCLI
+
+    root, uids = archive
+    out = tmp_path / "outputs"
+    caplog.set_level(logging.DEBUG)
+    assert main(["index", str(root), "--out", str(out / "index"), "--workers", "1", "--quiet", "--dedup"]) == 0
+    config = _tiny_pretrain_config(out / "index", root, out / "cache", tmp_path / "tiny.yaml")
+    cli = PretrainCLI(args=["--config", str(config), "--run_dir", str(out / "run")])
+    assert cli.summary["global_step"] >= 1 and cli.summary["epochs_completed"] == 1
+    data = cli.datamodule.source.summary()
+    assert (data["patients"], data["train_patients"], data["val_patients"]) == (2, 1, 1)  # split by patient
+    console = capsys.readouterr()
+    logs = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+
+    run = out / "run"
+    written = sorted(p for p in out.rglob("*") if p.is_file())
+    names = {p.relative_to(run).as_posix() for p in written if run in p.parents}
+    for required in ("config.yaml", "checkpoints/last.ckpt", "encoder.json", "encoder.safetensors", "summary.json",
+                     "metrics.csv", "tensorboard/hparams.yaml", "loss_curves.png"):
+        assert required in names, (required, sorted(names))
+    assert any("tfevents" in n for n in names) and any(n.endswith(".png") and "/" in n for n in names)
+    canaries = _canaries(uids)
+    hits = [h for p in written for h in _scan(p, canaries, skip_path_column=p.name == "files.csv")]
+    for name, text in (("stdout", console.out), ("stderr", console.err), ("log", logs)):
+        hits += [(name, tag, v) for tag, vs in canaries.items() for v in vs if v in _without_echo(text, [])]
+    print(f"PHI canary (pretraining): {len(written)} files ({len(names)} in the run folder) + console + "
+          f"{len(caplog.records)} log records scanned for {sum(len(v) for v in canaries.values())} canary spellings: "
+          f"{len(hits)} hits")
+    assert hits == [], hits
 
 
 def test_scanner_finds_planted_strings(tmp_path):
@@ -209,6 +263,12 @@ def test_output_metadata_is_allow_listed(archive, tmp_path):
     from medssl.data.index import _UID_FIELDS
 
     assert set(_UID_FIELDS) == header_fields & {"study_uid", "series_uid", "sop_instance_uid"}
+    # the PatientID is hashed as the header is read (for patient-grouped splits): no field holds it or any canary
+    from medssl.data.dicom_header import read_header
+
+    header = read_header(next(ct.iterdir()))
+    values = repr({f.name: getattr(header, f.name) for f in fields(header) if f.name not in {"path", *_UID_FIELDS}})
+    assert header.patient_hash and not [v for tag, vs in canaries.items() for v in vs if v in values]
 
 
 # ------------------------------------------------------------------------------------------------ torch.load
