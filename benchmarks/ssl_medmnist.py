@@ -146,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         "notes": ["Short CPU runs (a few epochs): they show whether a method learns on real medical images at all, "
                   "not its converged quality; GPU recipes are configs/pretrain/*3d.yaml.",
                   "PneumoniaMNIST probe: 1000 labelled train images -> 500 val images; AdrenalMNIST3D probe: all 1188 "
-                  "train volumes -> the 298 test volumes (its val split has 98)."],
+                  "train volumes -> the 298 test volumes (its val split has 98).",
+                  "The probe re-estimates the encoder's BatchNorm statistics on its training images before extracting "
+                  "features (PreciseBN, medssl.eval.precise_bn), for the random-initialisation reference and after "
+                  "training alike; results written before 2026-11-30 (ssl_medmnist.md) used the running statistics.",
+                  "Wall seconds are of one run on a shared 2-core machine (other jobs ran at the same time): compare "
+                  "them within a table only roughly."],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
