@@ -13,7 +13,7 @@ from medssl.data.datamodule import PretrainDataModule
 from medssl.data.sources import DataSource, DatasetRequest
 from medssl.ssl.base import NonFiniteLossError
 from medssl.ssl.mae import MAE
-from medssl.training.checkpoint_io import AtomicCheckpointIO
+from medssl.training.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 
 
 def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -26,8 +26,9 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch)
         raise OSError("disk full")  # ...then the process fails mid-save
 
     monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match="disk full") as info:
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert isinstance(info.value.__cause__, OSError)
     monkeypatch.undo()
     good = io.load_checkpoint(path)
     assert good["step"] == 1 and torch.equal(good["w"], torch.ones(3))
