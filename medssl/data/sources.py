@@ -153,7 +153,9 @@ class ArchiveIndex(VolumeSource):
 
 class NiftiFiles(VolumeSource):
     """NIfTI volumes matching glob ``pattern`` (e.g. ``data/imagesTr/*.nii.gz``), sorted by path. Several
-    ``channels`` patterns (one per sequence, matched file-by-file in sorted order) give multi-channel scans.
+    ``channels`` patterns (one per sequence, matched file-by-file in sorted order) give multi-channel scans;
+    ``channel_names`` (one per channel, e.g. ``[FLAIR, T1c]``) are recorded on the encoder card, where fine-tuning
+    checks them (:func:`medssl.models.hub.check_channels`).
 
     ``exclude_split``: a recorded case split (JSON with ``"val"`` / ``"test"`` lists of case ids, as written by
     :func:`medssl.finetune.seg_cases.split_cases` and the segmentation protocol): scans whose case id (file name
@@ -164,10 +166,18 @@ class NiftiFiles(VolumeSource):
 
     def __init__(self, pattern: str | list[str], plan: PreprocessPlan = PreprocessPlan(),
                  cache_dir: str = ".medssl_cache", val_fraction: float = 0.1, exclude_split: Optional[str] = None,
-                 exclude_parts: Sequence[str] = ("val", "test")):
+                 exclude_parts: Sequence[str] = ("val", "test"), channel_names: Optional[list[str]] = None):
         super().__init__(plan, cache_dir, val_fraction)
         self.patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        if channel_names is not None and len(self.patterns) > 1 and len(channel_names) != len(self.patterns):
+            raise ValueError(f"{len(channel_names)} channel_names for {len(self.patterns)} channel patterns")
+        self.channel_names = None if channel_names is None else [str(c) for c in channel_names]
         self.exclude_split, self.exclude_parts = exclude_split, tuple(exclude_parts)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The plan, and the channel names (recorded on the encoder card by ``export_encoder``) when given."""
+        pre = super().preprocessing()
+        return {**pre, "channels": self.channel_names} if self.channel_names else pre
 
     def _excluded_ids(self) -> set[str]:
         if self.exclude_split is None:

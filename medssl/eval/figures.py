@@ -3,6 +3,9 @@
 * :func:`segmentation_overlay` / :func:`segmentation_overlays`: image | ground truth | prediction, one row per
   case; 3D volumes are shown at the slice with the most ground-truth foreground (:func:`foreground_slice`). Label
   colours are blended onto the grey image with MONAI's ``blend_images`` and named in a legend.
+* :func:`region_overlays`: for overlapping evaluation regions (BraTS whole tumour / tumour core / enhancing
+  tumour, :mod:`medssl.finetune.regions`), one row per region: image (e.g. FLAIR) | ground truth | prediction,
+  the region's mask blended in, its Dice in the title, at the slice with the most ground-truth foreground.
 * :func:`embedding_map`: features ``(N, D)`` projected to 2D with scikit-learn (PCA or t-SNE), coloured by class.
 
 Like :mod:`medssl.eval.plots`, figures are built on an Agg canvas without ``pyplot`` and written atomically. Row
@@ -26,7 +29,7 @@ from medssl.data.hashing import PathLike
 from medssl.eval.plots import save_png
 
 __all__ = ["FigureInputError", "as_numpy", "embedding_map", "foreground_slice", "label_colours", "overlay_rgb",
-           "robust_window", "segmentation_overlay", "segmentation_overlays"]
+           "region_overlays", "robust_window", "segmentation_overlay", "segmentation_overlays"]
 
 LABEL_ALPHA = 0.5
 
@@ -176,6 +179,50 @@ def segmentation_overlay(image: Any, truth: Any, pred: Any, path: PathLike, *,
     """A single case as one row of :func:`segmentation_overlays`."""
     return segmentation_overlays([{"image": image, "truth": truth, "pred": pred}], path, label_names=label_names,
                                  axis=axis, title=title)
+
+
+def region_overlays(image: Any, truth: Any, pred: Any, regions: Mapping[str, Sequence[int]], path: PathLike, *,
+                    axis: int = 2, image_name: str = "image", title: str | None = None) -> Path:
+    """One row per region (image | ground truth | prediction) of one case, written as PNG; returns ``path``.
+
+    ``image`` is ``(C, *spatial)`` or ``(*spatial)`` (the first channel is shown, named ``image_name``, e.g.
+    ``"FLAIR"``); ``truth`` and ``pred`` are label maps with the original label values (what ``medssl predict``
+    writes); ``regions`` maps each region to its labels (``{"WT": [1, 2, 3, 4], ...}``). 3D volumes are cut along
+    ``axis`` at the slice with the most ground-truth foreground (one slice for every row, so the rows compare).
+    The prediction panel gives the region's whole-volume Dice ("absent" when neither map holds the region).
+    """
+    if not regions:
+        raise FigureInputError("regions", "need at least one region")
+    base = _prepare({"image": image, "truth": truth, "pred": pred}, axis)
+    truth_v, pred_v = (as_numpy(v).astype(np.int64) for v in (truth, pred))
+    truth_v, pred_v = (v[0] if v.ndim == 4 and v.shape[0] == 1 else v for v in (truth_v, pred_v))
+    picture = base["image"]
+    h, w = picture.shape
+    panel = 2.6
+    row_h = float(np.clip(panel * h / w, 1.2, 5.0)) + 0.35
+    fig = Figure(figsize=(3 * panel + 0.6, row_h * len(regions) + (0.5 if title else 0.2)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(regions), 3, squeeze=False)
+    for r, (name, labels) in enumerate(regions.items()):
+        values = [int(v) for v in labels]
+        t3, p3 = np.isin(truth_v, values), np.isin(pred_v, values)
+        t2, p2 = np.isin(base["truth"], values), np.isin(base["pred"], values)
+        total = int(t3.sum() + p3.sum())
+        dice = "absent" if total == 0 else f"Dice {2 * int((t3 & p3).sum()) / total:.2f}"
+        colour = r + 1  # one colour per region, as label r + 1 of label_colours
+        panels = [(picture[..., None].repeat(3, -1), image_name),
+                  (overlay_rgb(picture, t2.astype(np.int64) * colour), f"{name} ground truth"),
+                  (overlay_rgb(picture, p2.astype(np.int64) * colour), f"{name} prediction ({dice})")]
+        for c, (rgb, label) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label, fontsize=10)
+        axes[r, 0].set_ylabel(f"{name} = labels {values}\n{base['where']}" if base["where"] else name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return save_png(fig, path)
 
 
 def embedding_map(features: Any, labels: Any, path: PathLike, *, method: str = "pca",

@@ -15,6 +15,14 @@ Empty masks, per label (MONAI's defaults would give NaN Dice and a warning inste
 * both present: Dice ``2|P and R| / (|P| + |R|)`` and the HD95 above.
 
 Average over cases and labels with ``np.nanmean`` and report how many NaN HD95 values were left out.
+
+**Regions** (overlapping masks such as BraTS' whole tumour / tumour core / enhancing tumour, see
+:mod:`medssl.finetune.regions`): :func:`region_metrics` takes ``(R, *spatial)`` boolean masks. A region absent from
+both the prediction and the reference of a case has no defined Dice or HD95 there (a perfect "nothing" says nothing
+about segmenting it): both are NaN and the region is listed in ``absent``. :func:`summarize_cases` averages such
+per-case results over cases while leaving NaN out, and counts per region the cases left out (``absent``: both
+empty; ``hd95_undefined``: exactly one empty, where Dice is 0 and HD95 undefined), so a mean never hides how many
+cases it stands for (``n_cases`` per region).
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import torch
 
 from medssl.eval.probe import classification_metrics
 
-__all__ = ["classification_metrics", "segmentation_metrics"]
+__all__ = ["classification_metrics", "region_metrics", "segmentation_metrics", "summarize_cases"]
 
 
 def _label_map(value: Any, name: str) -> torch.Tensor:
@@ -94,3 +102,70 @@ def segmentation_metrics(pred_labels: Any, true_labels: Any, num_classes: int,
                                             include_background=True, percentile=95, spacing=spacing)
         out["hd95"][c] = float(hd[0, 0])
     return out
+
+
+def _spacing(spacing: float | Sequence[float] | None, dims: int) -> list[float] | None:
+    if spacing is None:
+        return None
+    out = [float(spacing)] * dims if np.isscalar(spacing) else [float(s) for s in spacing]
+    if len(out) != dims or any(s <= 0 for s in out):
+        raise ValueError(f"spacing must be one positive number or {dims} of them, got {out}")
+    return out
+
+
+def _hd95(pred: torch.Tensor, true: torch.Tensor, spacing: list[float] | None) -> float:
+    from monai.metrics import compute_hausdorff_distance
+
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes to itself
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        hd = compute_hausdorff_distance(pred[None, None].float(), true[None, None].float(), include_background=True,
+                                        percentile=95, spacing=spacing)
+    return float(hd[0, 0])
+
+
+def region_metrics(pred_masks: Any, true_masks: Any, names: Sequence[str],
+                   spacing: float | Sequence[float] | None = None) -> dict[str, Any]:
+    """Per-region Dice and HD95 of one case from ``(R, *spatial)`` boolean masks (see module docstring).
+
+    Returns ``{"dice": {name: float}, "hd95": {name: float}, "absent": [names], "hd95_unit": "mm" | "voxel"}``;
+    Dice ``2|P and R| / (|P| + |R|)`` (0 when exactly one is empty), NaN for both metrics of absent regions.
+    """
+    pred, true = (torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).bool().cpu()
+                  for m in (pred_masks, true_masks))
+    if pred.shape != true.shape or pred.shape[0] != len(names) or pred.ndim not in (3, 4):
+        raise ValueError(f"need (R, *spatial) masks of one shape with R = {len(names)} names and 2 or 3 spatial "
+                         f"axes, got {tuple(pred.shape)} and {tuple(true.shape)}")
+    spacing = _spacing(spacing, pred.ndim - 1)
+    out: dict[str, Any] = {"dice": {}, "hd95": {}, "absent": [], "hd95_unit": "voxel" if spacing is None else "mm"}
+    for name, p, t in zip(names, pred, true):
+        np_, nt = int(p.sum()), int(t.sum())
+        if np_ == 0 and nt == 0:
+            out["dice"][name], out["hd95"][name] = math.nan, math.nan
+            out["absent"].append(name)
+            continue
+        out["dice"][name] = 2.0 * int((p & t).sum()) / (np_ + nt)
+        out["hd95"][name] = _hd95(p, t, spacing) if np_ and nt else math.nan
+    return out
+
+
+def summarize_cases(cases: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Means over cases of :func:`region_metrics` results, NaN left out and counted (see module docstring).
+
+    Returns ``dice`` / ``hd95`` ``{name: mean or None}``, ``mean_dice`` / ``mean_hd95`` (over the regions with a
+    value, None when none has), ``n_cases``, and per region ``n_defined`` (cases in the Dice mean), ``absent``
+    and ``hd95_undefined`` counts.
+    """
+    def mean(values: list[float]) -> float | None:
+        finite = [v for v in values if not math.isnan(v)]
+        return float(np.mean(finite)) if finite else None
+
+    dice = {n: mean([c["dice"][n] for c in cases]) for n in names}
+    hd95 = {n: mean([c["hd95"][n] for c in cases]) for n in names}
+    absent = {n: sum(n in c["absent"] for c in cases) for n in names}
+    undefined = {n: sum(math.isnan(c["hd95"][n]) and n not in c["absent"] for c in cases) for n in names}
+    defined = [v for v in dice.values() if v is not None]
+    hds = [v for v in hd95.values() if v is not None]
+    return {"dice": dice, "hd95": hd95, "mean_dice": float(np.mean(defined)) if defined else None,
+            "mean_hd95": float(np.mean(hds)) if hds else None, "hd95_unit": cases[0]["hd95_unit"] if cases else None,
+            "n_cases": len(cases), "n_defined": {n: len(cases) - absent[n] for n in names}, "absent": absent,
+            "hd95_undefined": undefined}

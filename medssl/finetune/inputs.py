@@ -4,7 +4,8 @@
 :class:`Inputs`: the cases to predict and every file it will not use, each with a reason code (never dropped
 silently). DICOM files are grouped into stacks exactly as the archive index does (:func:`group_headers`,
 :func:`plan_stack` under the same strict policy), one case per stack. NIfTI files named with the MSD channel suffix
-(``case_0000.nii.gz``, ``case_0001.nii.gz`` ...) form one multi-channel case; a case whose channel count differs
+(``case_0000.nii.gz``, ``case_0001.nii.gz`` ...) form one multi-channel case (a single ``_0000`` file given as the
+input brings its sibling channel files); a case whose channel count differs
 from the model's ``in_channels`` raises :class:`PredictInputError` naming it, before anything is predicted.
 
 Privacy: a DICOM case is named ``series_<key>`` with ``key`` a salted hash of its stack key (never a UID, a name or
@@ -175,8 +176,8 @@ def find_inputs(path: str | Path, *, in_channels: int = 1, salt: str | None = No
     if path.is_dir():
         found = crawl(root)
     else:
-        st = path.stat()
-        found = [Found(path.name, str(path.resolve()), st.st_size, st.st_mtime_ns)]
+        found = [Found(f.name, str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                 for f in _with_channel_siblings(path, in_channels)]
     options = {"tilt": tilt, "uneven": uneven, "fourd": "stack"}
     inputs = Inputs(root=root, dicom_options=options)
     if not found:
@@ -197,6 +198,16 @@ def find_inputs(path: str | Path, *, in_channels: int = 1, salt: str | None = No
         raise PredictInputError(Reason.EMPTY_SERIES, f"no NIfTI image or DICOM series found; {len(inputs.skipped)} "
                                 f"file(s)/stack(s) skipped ({', '.join(reasons) or 'none'})", [path])
     return inputs
+
+
+def _with_channel_siblings(path: Path, in_channels: int) -> list[Path]:
+    """``path``, plus ``<case>_0001 ...`` beside it when ``path`` is the ``_0000`` channel of a multi-channel case."""
+    m = MSD_CHANNEL.match(_stem(path.name))
+    if in_channels <= 1 or m is None or int(m["channel"]) != 0:
+        return [path]
+    suffix = path.name[len(_stem(path.name)):]
+    siblings = [path.with_name(f"{m['case']}_{c:04d}{suffix}") for c in range(1, in_channels)]
+    return [path, *(f for f in siblings if f.is_file())]  # a missing channel fails the count check, named
 
 
 def load_case(case: Case, dicom_options: dict[str, Any] | None = None) -> MetaTensor:

@@ -5,7 +5,11 @@
 * :func:`predict_segmentation`: each case is loaded on its original grid, preprocessed with the plan the segmenter
   was trained with (``hparams["plan"]``), predicted, and the label map resampled back (nearest neighbour) onto the
   **original grid and affine**. Writes ``<case>_seg.nii.gz``, ``volumes.csv`` (voxels and mm³ per label, from the
-  original spacing) and ``predict.json`` (checkpoint sha256, plan, counts, skipped inputs with reason codes).
+  original spacing) and ``predict.json`` (checkpoint sha256, plan, counts, skipped inputs with reason codes). A
+  segmenter trained on regions (``hparams["regions"]``) writes the original label values by the rule of
+  :mod:`medssl.finetune.regions` (:data:`REGION_RULE`, also recorded in ``predict.json``). Multi-channel cases are
+  MSD-named channel files (``case_0000.nii.gz``, ``case_0001.nii.gz`` ...): pass their folder, or the ``_0000``
+  file, whose sibling channels are found.
 * :func:`predict_classification`: class probabilities per item of a MedMNIST ``.npz`` split, or per volume
   preprocessed with the plan the classifier was trained with (recorded in its hparams or its encoder card).
 
@@ -40,6 +44,10 @@ __all__ = ["SegmentationPredictor", "CheckpointError", "load_checkpoint", "class
            "predict_segmentation", "predict_classification", "run_predict"]
 
 VOLUME_COLUMNS = ("case", "source", "label", "label_name", "voxels", "volume_mm3")
+#: how a region-trained segmenter's output becomes the label map written (medssl.finetune.regions)
+REGION_RULE = ("region channels thresholded at 0.5 (sigmoid), painted from the largest region to the smallest with "
+               "each region's label (region_labels); labels that only a region distinguished are merged (BraTS: "
+               "1 necrosis and 3 non-enhancing tumour are both written as the core label)")
 
 
 class SegmentationPredictor(Protocol):
@@ -225,7 +233,11 @@ def predict_segmentation(model: SegmentationPredictor, inputs: Inputs, out_dir: 
                          "label_name": names[value] if value < len(names) else "", "voxels": int(counts[value]),
                          "volume_mm3": round(int(counts[value]) * voxel_mm3, 6)})
     atomic_write_text(out_dir / "volumes.csv", _csv(VOLUME_COLUMNS, rows))
+    regions = hp.get("regions")
     extra = {"plan": plan.to_dict(), "plan_fingerprint": plan.fingerprint(), "label_names": names,
+             **({"regions": regions, "region_labels": hp.get("region_labels"), "region_training":
+                 hp.get("region_training"), "label_rule": REGION_RULE} if regions else {}),
+             "channels": hp.get("channels"),
              "counts": {"cases": len(inputs.cases), "written": len(written)}, "outputs": written}
     return _summary("segmentation", out_dir, checkpoint, extra, inputs, skipped, t0)
 

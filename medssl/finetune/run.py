@@ -136,7 +136,7 @@ def _classification(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: P
 def _segmentation(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: Path, progress: bool) -> dict[str, Any]:
     from medssl.finetune.seg_cases import labelled_subset, select_cases
     from medssl.finetune.seg_fit import fit_segmenter
-    from medssl.finetune.seg_protocol import recorded_split, task_cases
+    from medssl.finetune.seg_protocol import recorded_split, seg_options, task_cases
 
     cases, label_names = task_cases(cfg)
     try:
@@ -162,7 +162,7 @@ def _segmentation(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: Pat
         freeze_encoder_epochs=cfg.epochs if cfg.mode == "frozen" else cfg.freeze_encoder_epochs,
         layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup, pos=cfg.pos, neg=cfg.neg,
         sw_overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size, run_dir=run_dir, accelerator=cfg.accelerator,
-        progress=progress)
+        progress=progress, **seg_options(cfg))
     out.update(label_names=label_names, case_split=split, labelled_cases=[c.case_id for c in labelled])
     return out
 

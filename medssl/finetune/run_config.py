@@ -30,7 +30,8 @@ MODES = {"classification": ("finetune", "linear"), "segmentation": ("finetune", 
 CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "min_per_class", "dropout")
 SEGMENTATION_ONLY = ("root", "images", "labels", "label_names", "split_file", "n_val", "n_test", "split_seed",
                      "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "roi_size", "pos",
-                     "neg", "sw_overlap", "sw_batch_size")
+                     "neg", "sw_overlap", "sw_batch_size", "regions", "region_labels", "region_training",
+                     "channel_names", "adapt_channels", "masks", "use_masks")
 FLOATS = ("label_fraction", "dropout", "pos", "neg", "sw_overlap", "lr", "weight_decay", "warmup", "layer_decay")
 BATCH_SIZE = {"classification": 64, "segmentation": 2}
 
@@ -73,6 +74,13 @@ class FinetuneConfig:
     neg: float = 1.0
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
+    regions: dict[str, list[int]] | None = None  # e.g. {WT: [1, 2, 3, 4], TC: [1, 3, 4], ET: [4]}
+    region_labels: dict[str, int] | None = None
+    region_training: str = "sigmoid"
+    channel_names: list[str] | None = None
+    adapt_channels: str | None = None
+    masks: str | None = None
+    use_masks: bool = True
     # training
     mode: str = "finetune"
     epochs: int = 20
@@ -211,6 +219,17 @@ class FinetuneConfig:
         for name in ("pos", "neg"):
             number(name, 0, float("inf"))
         number("sw_overlap", 0, 1, open_high=True)
-        for name in ("override_plan", "hu_check"):
+        for name in ("override_plan", "hu_check", "use_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        if self.regions is not None:
+            from medssl.finetune.regions import RegionError, RegionMap
+
+            try:
+                RegionMap.from_config(self.regions, self.region_labels)
+            except (RegionError, TypeError, ValueError, AttributeError) as exc:
+                raise bad("regions", f"must map region names to label lists ({exc})") from None
+        if self.region_training not in ("sigmoid", "classes"):
+            raise bad("region_training", "must be 'sigmoid' or 'classes'")
+        if self.adapt_channels not in (None, "average", "repeat"):
+            raise bad("adapt_channels", "must be null, 'average' or 'repeat'")

@@ -3,7 +3,9 @@
 A :class:`SegmentationCase` is one labelled scan: one NIfTI file per image channel (a 4-D file contributes its 4th
 axis as channels), one label map, and a ``case_id``. Cases come from a Medical Segmentation Decathlon folder
 (:func:`cases_from_msd`) or from glob patterns (:func:`cases_from_glob`). Image files named with the MSD / nnU-Net
-channel suffix (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` ...) are grouped into one multi-channel case.
+channel suffix (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` ...) are grouped into one multi-channel case. A case
+may name a ``mask`` (e.g. a brain mask: MSD entries' ``"brainmask"`` or ``"mask"``) that training crops are drawn
+inside. :func:`msd_channel_names` reads the channel names (``channel_names`` of nnU-Net v2, else ``modality``).
 
 Splits are by case (never by patch or slice) and recorded: :func:`split_cases` returns the sorted case ids of
 train / val / test with the seed, a JSON-serialisable dict to write beside the results; :func:`select_cases`
@@ -28,7 +30,7 @@ import numpy as np
 from medssl.errors import MedsslError, Reason
 
 __all__ = ["SegmentationCase", "SegmentationDataError", "cases_from_glob", "cases_from_msd", "labelled_subset",
-           "msd_label_names", "num_channels", "select_cases", "split_cases"]
+           "msd_channel_names", "msd_label_names", "num_channels", "select_cases", "split_cases"]
 
 #: MSD / nnU-Net channel suffix: ``<case>_<4 digits>.nii[.gz]``
 MSD_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -43,11 +45,13 @@ class SegmentationDataError(MedsslError):
 
 @dataclass(frozen=True)
 class SegmentationCase:
-    """One labelled scan: ``image`` holds one NIfTI path per channel file, ``label`` the label map."""
+    """One labelled scan: ``image`` holds one NIfTI path per channel file, ``label`` the label map, ``mask`` an
+    optional region (brain mask) that training crops are centred in."""
 
     image: tuple[Path, ...]
     label: Path
     case_id: str
+    mask: Path | None = None
 
 
 def _stem(path: str | Path) -> str:
@@ -86,10 +90,12 @@ def cases_from_msd(root: str | Path, section: str = "training") -> list[Segmenta
         if len(files) == 1:
             files = list(_channel_files(files[0], n_modalities))
         label = root / entry["label"]
-        missing = [f for f in (*files, label) if not f.is_file()]
+        mask_name = entry.get("brainmask") or entry.get("mask")
+        mask = root / mask_name if mask_name else None
+        missing = [f for f in (*files, label, *([mask] if mask else [])) if not f.is_file()]
         if missing:
             raise SegmentationDataError("dataset.json names files that do not exist", missing)
-        cases.append(SegmentationCase(tuple(files), label, _stem(label)))
+        cases.append(SegmentationCase(tuple(files), label, _stem(label), mask))
     if not cases:
         raise SegmentationDataError(f"dataset.json has no {section!r} cases", [meta_path])
     return cases
@@ -106,11 +112,26 @@ def msd_label_names(root: str | Path) -> list[str]:
     return [str(labels[str(v)]) for v in values]
 
 
-def cases_from_glob(images: str | Sequence[str], labels: str) -> list[SegmentationCase]:
+def msd_channel_names(root: str | Path) -> list[str] | None:
+    """Channel names from ``dataset.json`` (``channel_names`` or ``modality``: ``{"0": "FLAIR", ...}``), ordered by
+    channel index; None when it names none."""
+    meta = json.loads((Path(root) / "dataset.json").read_text())
+    names = meta.get("channel_names") or meta.get("modality") or {}
+    if not names:
+        return None
+    order = sorted(int(k) for k in names)
+    if order != list(range(len(order))):
+        raise SegmentationDataError(f"dataset.json channel names must be keyed 0..C-1, got {sorted(names)}",
+                                    [Path(root) / "dataset.json"])
+    return [str(names[str(i)]) for i in order]
+
+
+def cases_from_glob(images: str | Sequence[str], labels: str, masks: str | None = None) -> list[SegmentationCase]:
     """Cases from glob patterns, matched by case id (file stem, channel suffix ``_0000`` removed).
 
     ``images`` is one pattern (files with a channel suffix are grouped per case, channels in suffix order) or one
-    pattern per channel. Every case needs every channel and a label; unmatched files raise, named.
+    pattern per channel. Every case needs every channel and a label (and a mask when ``masks`` is given, matched by
+    file stem like the labels); unmatched files raise, named.
     """
     patterns = [images] if isinstance(images, str) else list(images)
     per_case: dict[str, dict[int, Path]] = {}
@@ -130,8 +151,13 @@ def cases_from_glob(images: str | Sequence[str], labels: str) -> list[Segmentati
     if unmatched:
         raise SegmentationDataError(f"files without a full case ({n_channels} channel(s) + one label, matched by "
                                     "case id)", unmatched)
-    return [SegmentationCase(tuple(chans[c] for c in range(n_channels)), label_files[case], case)
-            for case, chans in sorted(per_case.items())]
+    mask_files = {_stem(f): Path(f) for f in sorted(glob.glob(masks))} if masks else {}
+    if masks and set(mask_files) != set(per_case):
+        raise SegmentationDataError(f"masks={masks!r} must hold one mask per case (matched by file stem)",
+                                    sorted(p for c, p in mask_files.items() if c not in per_case)
+                                    or [label_files[c] for c in sorted(set(per_case) - set(mask_files))])
+    return [SegmentationCase(tuple(chans[c] for c in range(n_channels)), label_files[case], case,
+                             mask_files.get(case)) for case, chans in sorted(per_case.items())]
 
 
 def num_channels(case: SegmentationCase) -> int:

@@ -25,7 +25,10 @@ naming the offending file):
 
 **Datasets.** :class:`SegmentationPatches` (training): random ``roi_size`` crops centred on a foreground or a
 background voxel with probability ``pos / (pos + neg)`` (MONAI ``RandCropByPosNegLabeld``), zero-padded first
-when the volume is smaller, then random flips along every axis; in 2-D the items are the slices along
+when the volume is smaller, then random flips along every axis. When every case has a ``mask`` (a brain mask) and
+``use_masks`` is on, background centres are drawn inside the mask only (the mask is prepared like a label map and
+used as ``RandCropByPosNegLabeld``'s ``image_key`` with threshold 0), so a full-size 240 x 240 x 155 MRI does not
+spend half its crops on air; in 2-D the items are the slices along
 the last voxel axis. :class:`SegmentationVolumes` (validation / test): whole preprocessed volumes with their affine,
 voxel spacing (mm) and case id. Randomness is seeded from ``(seed, epoch, index)`` by
 :class:`~medssl.data.dataset.ScanDataset` (:meth:`SegmentationPatches.set_epoch`).
@@ -39,6 +42,7 @@ from typing import Any
 
 import torch
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+import numpy as np
 from torch.utils.data import Dataset
 
 from medssl.data.cache import PreprocessCache
@@ -103,16 +107,24 @@ def check_card_dims(card: dict[str, Any], card_path: str | Path | None, spatial_
 
 
 def check_cases(cases: Sequence[SegmentationCase], *, plan: PreprocessPlan, in_channels: int,
-                card_path: str | Path | None = None, hu_check: bool = True) -> None:
-    """Channels vs ``in_channels``, raw image/label grids, and (``ct_window`` plans) :func:`check_hu`."""
+                card_path: str | Path | None = None, hu_check: bool = True,
+                channel_names: Sequence[str] | None = None, expected_names: Sequence[str] | None = None) -> None:
+    """Channels vs ``in_channels``, raw image/label grids, and (``ct_window`` plans) :func:`check_hu`.
+
+    ``channel_names`` / ``expected_names`` (the data's and the card's, when known) are named in the error."""
     if not cases:
         raise SegmentationDataError("no cases")
     where = "the encoder card" if card_path else "the network"
     for case in cases:
         found = num_channels(case)
         if found != in_channels:
-            raise SegmentationDataError(f"case {case.case_id!r} has {found} image channel(s) but {where} expects "
-                                        f"{in_channels}", [*case.image, *([card_path] if card_path else [])])
+            ours = f" {list(channel_names)}" if channel_names is not None else ""
+            theirs = f" {list(expected_names)}" if expected_names is not None else ""
+            hint = (" (or adapt the encoder's first layer explicitly: adapt_channels: average | repeat)"
+                    if card_path else "")
+            raise SegmentationDataError(f"case {case.case_id!r} has {found} image channel(s){ours} but {where} "
+                                        f"expects {in_channels}{theirs}{hint}",
+                                        [*case.image, *([card_path] if card_path else [])])
         for image in case.image:
             check_same_grid(image, case.label)  # NiftiError(shape_mismatch) naming both files
     if hu_check and plan.intensity == "ct_window":
@@ -155,24 +167,33 @@ class SegmentationPatches(Dataset):
         pos, neg: foreground / background crop-centre weights (MONAI ``RandCropByPosNegLabeld``).
         flip_prob: probability of a flip along each spatial axis.
         seed: base seed of the crops and flips.
+        use_masks: draw background crop centres inside the cases' masks (when every case has one).
     """
 
     def __init__(self, cases: Sequence[SegmentationCase], cache: PreprocessCache, *, roi_size: Sequence[int],
-                 spatial_dims: int = 3, pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5, seed: int = 0):
+                 spatial_dims: int = 3, pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5, seed: int = 0,
+                 use_masks: bool = True):
         roi = [int(r) for r in roi_size]
         if len(roi) != spatial_dims:
             raise ValueError(f"roi_size {roi} does not have {spatial_dims} axes")
         if pos < 0 or neg < 0 or pos + neg == 0:
             raise ValueError(f"pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
+        self.cases = list(cases)
+        self.masked = bool(use_masks) and bool(self.cases) and all(c.mask is not None for c in self.cases)
         keys = ["image", "label"]
-        transform = Compose([
-            SpatialPadd(keys, spatial_size=roi),
-            RandCropByPosNegLabeld(keys, "label", spatial_size=roi, pos=pos, neg=neg, num_samples=1),
+        self.transform = Compose([
+            SpatialPadd([*keys, "mask"] if self.masked else keys, spatial_size=roi),
+            RandCropByPosNegLabeld(keys, "label", spatial_size=roi, pos=pos, neg=neg, num_samples=1,
+                                   image_key="mask" if self.masked else None, image_threshold=0.0),
             *(RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in range(spatial_dims)),
         ])
-        self.cases = list(cases)
-        self.scans = _scans(self.cases, cache, spatial_dims=spatial_dims, slice_axis=2, transform=transform,
-                            seed=seed)
+        self.seed = int(seed)
+        self.scans = _scans(self.cases, cache, spatial_dims=spatial_dims, slice_axis=2, seed=seed)
+        self.masks = None
+        if self.masked:
+            mask_cache = PreprocessCache(cache.root, cache.plan.for_labels(), cache.loader, cache.trust_stat)
+            self.masks = ScanDataset([c.mask for c in self.cases], mask_cache, spatial_dims=spatial_dims,
+                                     slice_axis=2, seed=seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Select this epoch's (reproducible) crops and flips."""
@@ -182,9 +203,15 @@ class SegmentationPatches(Dataset):
         return len(self.scans)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        data = self.scans[index]
+        if self.masks is not None:
+            data["mask"] = self.masks[index]["image"]
+        # seeded per (seed, epoch, item), as ScanDataset seeds its own transforms
+        seed = np.random.SeedSequence([self.seed, self.scans.epoch, index % len(self)]).generate_state(2)[1]
+        self.transform.set_random_state(seed=int(seed))
         with warnings.catch_warnings():  # a slice or volume without foreground: background crops, as intended
             warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
-            item = self.scans[index]
+            item = self.transform(data)
         item = item[0] if isinstance(item, list) else item
         return {"image": _plain(item["image"]).to(torch.float32), "label": _plain(item["label"]).to(torch.int64)}
 

@@ -3,7 +3,8 @@
 * :func:`train_segmenter`: the shared Lightning loop (:func:`medssl.finetune.trainer.fit_best`) with the best
   checkpoint by ``val/dice`` and ``EarlyStopping(patience)``; the best checkpoint is restored with
   ``torch.load(weights_only=True)``.
-* :func:`evaluate_segmenter`: per-label Dice and HD95 (mm) of whole volumes, by sliding-window inference.
+* :func:`evaluate_segmenter`: per-label (or per-region) Dice and HD95 (mm) of whole volumes, by sliding-window
+  inference; one volume in memory at a time, so memory is bounded by one case.
 * :func:`fit_segmenter`: cases in, test metrics out (checks, cache, datasets, training, evaluation), the
   segmentation counterpart of :func:`medssl.finetune.classification.fit_classifier`, used by the protocols.
 
@@ -24,12 +25,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.cache import PreprocessCache
-from medssl.eval.metrics import segmentation_metrics
-from medssl.finetune.seg_cases import SegmentationCase
+from medssl.eval.metrics import summarize_cases
+from medssl.finetune.seg_cases import SegmentationCase, num_channels
 from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
 from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
 from medssl.finetune.trainer import check_budget, fit_best
-from medssl.models.hub import read_card
+from medssl.models.hub import card_channels, check_channels, read_card
 from medssl.training.optim import OptimConfig
 
 __all__ = ["evaluate_segmenter", "fit_segmenter", "train_segmenter"]
@@ -62,17 +63,27 @@ def _nanmean(values: Sequence[float]) -> float | None:
 
 
 def evaluate_segmenter(module: SegmentationFinetuner, dataset: SegmentationVolumes) -> dict[str, Any]:
-    """Per-label mean Dice and HD95 (mm, from each volume's spacing) over ``dataset``'s whole volumes.
+    """Per-label (or, with regions, per-region) mean Dice and HD95 (mm, from each volume's spacing) over
+    ``dataset``'s whole volumes, one volume in memory at a time.
 
-    HD95 is undefined (NaN) for a case where the label is missing in the prediction or the reference; such cases
-    are left out of its mean and counted in ``hd95_undefined``; a label undefined everywhere gets None.
+    Labels: HD95 is undefined (NaN) for a case where the label is missing in the prediction or the reference; such
+    cases are left out of its mean and counted in ``hd95_undefined``; a label undefined everywhere gets None.
+    Regions: :func:`medssl.eval.metrics.summarize_cases` (a region absent from both prediction and reference of a
+    case is left out of its means and counted in ``absent``); ``per_case`` keeps each case's values.
     """
-    cases = []
+    cases, ids = [], []
     for i in range(len(dataset)):
         item = dataset[i]
         spacing = item["spacing"].tolist()[: item["label"].ndim - 1]
-        cases.append(segmentation_metrics(module.predict_volume(item["image"]), item["label"][0],
-                                          module.num_classes, spacing=spacing))
+        cases.append(module.case_metrics(module.predict_volume(item["image"]), item["label"][0], spacing=spacing))
+        ids.append(item["case_id"])
+        del item
+    if module.regions is not None:
+        summary = summarize_cases(cases, module.regions.names)
+        per_case = [{"case_id": i, "dice": {n: None if math.isnan(v) else v for n, v in m["dice"].items()},
+                     "hd95": {n: None if math.isnan(v) else v for n, v in m["hd95"].items()}, "absent": m["absent"]}
+                    for i, m in zip(ids, cases)]
+        return {**summary, "regions": module.regions.to_config(), "per_case": per_case}
     labels = cases[0]["labels"]
     names = [module.label_names[c] for c in labels]
     dice = {n: float(np.mean([m["dice"][c] for m in cases])) for n, c in zip(names, labels)}
@@ -92,14 +103,21 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
                   freeze_encoder_epochs: int = 0, layer_decay: float = 1.0, weight_decay: float = 0.05,
                   warmup: float = 0.1, pos: float = 1.0, neg: float = 1.0, sw_overlap: float = 0.25,
                   sw_batch_size: int = 4, run_dir: str | Path | None = None, accelerator: str = "cpu",
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, regions: dict[str, list[int]] | None = None,
+                  region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
+                  channel_names: Sequence[str] | None = None, adapt_channels: str | None = None,
+                  use_masks: bool = True) -> dict[str, Any]:
     """Fine-tune (``card`` given) or train from scratch (``architecture``), return test metrics (one JSON dict).
 
     Checks every case against the card and plan first (:func:`medssl.finetune.seg_data.check_cases`), prepares
     the data through the cache at ``cache_dir`` (default ``run_dir/cache``, else a temporary folder), trains with
     :func:`train_segmenter` and evaluates the best checkpoint on ``test_cases`` (:func:`evaluate_segmenter`).
     ``plan``/``override_plan``/``hu_check`` are those of :mod:`medssl.finetune.seg_data`; ``pos``/``neg`` weight
-    foreground / background crop centres; ``decoder`` holds decoder-only network options.
+    foreground / background crop centres (background centres inside the cases' masks when ``use_masks`` and every
+    case has one); ``decoder`` holds decoder-only network options. ``regions`` / ``region_labels`` /
+    ``region_training``: region targets and metrics (:mod:`medssl.finetune.regions`). ``channel_names``: the
+    cases' channels, checked against the card's (:func:`medssl.models.hub.check_channels`) before anything is
+    read; ``adapt_channels`` allows a different channel count by adapting the encoder's first layer.
 
     ``min_steps``: 5 labelled volumes are 1-3 batches per epoch, too few steps to train in ``epochs`` epochs. As in
     :func:`~medssl.finetune.classification.fit_classifier`, every epoch count (``epochs``,
@@ -114,14 +132,20 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
         raise ValueError("give an encoder card or, from scratch, an architecture")
     resolved, _ = resolve_plan(card_json, card, plan, override_plan)  # the module resolves it again, identically
     in_channels = int((card_json or architecture["kwargs"])["in_channels"])
+    if card_json is not None:  # the data's channels against the card's, before any volume is read
+        data_channels = num_channels(train_cases[0])
+        if data_channels == in_channels or adapt_channels is not None:  # else check_cases names the case's files
+            check_channels(card_json, data_channels, channel_names, adapt_channels, card)
+            in_channels = data_channels
     check_cases([*train_cases, *val_cases, *test_cases], plan=resolved, in_channels=in_channels, card_path=card,
+                channel_names=channel_names, expected_names=card_channels(card_json) if card_json else None,
                 hu_check=hu_check)
     scratch = tempfile.TemporaryDirectory(prefix="medssl-segcache-") if cache_dir is None and run_dir is None else None
     root = Path(scratch.name) if scratch else Path(cache_dir) if cache_dir else Path(run_dir) / "cache"
     try:
         cache = PreprocessCache(root, resolved)
         train_ds = SegmentationPatches(train_cases, cache, roi_size=roi_size, spatial_dims=spatial_dims, pos=pos,
-                                       neg=neg, seed=seed)
+                                       neg=neg, seed=seed, use_masks=use_masks)
         steps_per_epoch = math.ceil(len(train_ds) / batch_size)
         stretch = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
         module = SegmentationFinetuner(
@@ -130,7 +154,9 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
             architecture=architecture if card is None else None, spatial_dims=spatial_dims, roi_size=roi_size,
             plan=plan, override_plan=override_plan, decoder=decoder,
             freeze_encoder_epochs=freeze_encoder_epochs * stretch, layer_decay=layer_decay, seed=seed,
-            sw_overlap=sw_overlap, sw_batch_size=sw_batch_size,
+            sw_overlap=sw_overlap, sw_batch_size=sw_batch_size, regions=regions, region_labels=region_labels,
+            region_training=region_training, in_channels=in_channels,
+            channels=list(channel_names) if channel_names is not None else None, adapt_channels=adapt_channels,
             optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
         info = train_segmenter(module, train_ds, SegmentationVolumes(val_cases, cache), epochs=epochs * stretch,
                                batch_size=batch_size, seed=seed, patience=patience, val_every_n_epochs=stretch,
@@ -145,6 +171,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
         "max_epochs": epochs * stretch, "val_every_n_epochs": stretch, "steps_per_epoch": steps_per_epoch,
         "freeze_encoder_epochs": module.freeze_encoder_epochs if report is not None else 0,
         "n_train": len(train_cases), "n_val": len(val_cases), "n_test": len(test_cases),
+        "masked_crops": train_ds.masked,
         "network": module.hparams["network"], "plan": module.plan_record, "encoder_sha256": module.encoder_sha256,
         "load_report": None if report is None else {"summary": report.summary(), "matched": len(report.matched),
                                                     "expected_missing": len(report.expected_missing),

@@ -12,8 +12,15 @@ The split by case is fixed and recorded: ``split_file`` is read when it exists a
 (``n_val``, ``n_test``, ``split_seed``) and written, so pretraining can leave the same validation and test cases out
 (``NiftiFiles(exclude_split=...)``). Best epochs are chosen on the validation cases only; every number is on the
 test cases. Outputs in ``out_dir``: ``label_efficiency_<dataset>.json`` (records: one per method x count x seed x
-metric, metrics ``dice``, ``hd95`` (mm) and ``dice_<label>``; runs with details; the split), ``.md`` (mean ± std
-over seeds) and ``.png`` (mean Dice versus labelled cases).
+metric, metrics ``dice``, ``hd95`` (mm) and ``dice_<label>``, or ``dice_<region>`` / ``hd95_<region>`` with
+``regions``; runs with details; the split), ``.md`` (mean ± std over seeds) and ``.png`` (mean Dice versus labelled
+cases).
+
+Tumour data (e.g. ``configs/finetune/brats_protocol.yaml``): ``regions`` (``{WT: [1, 2, 3, 4], TC: [1, 3, 4], ET:
+[4]}``) trains overlapping sigmoid region channels (``region_training: classes`` keeps softmax classes) and
+scores Dice / HD95 per region; ``channel_names`` (default: the MSD ``dataset.json``'s ``channel_names`` /
+``modality``) are checked against the encoder card's, ``adapt_channels`` allows another channel count; cases with
+masks (``brainmask`` in ``dataset.json``, or a ``masks`` glob) draw background crops inside them (``use_masks``).
 """
 from __future__ import annotations
 
@@ -30,12 +37,14 @@ from medssl.finetune.seg_cases import (
     cases_from_glob,
     cases_from_msd,
     labelled_subset,
+    msd_channel_names,
     msd_label_names,
     select_cases,
     split_cases,
 )
 
-__all__ = ["SEG_METHODS", "SegProtocolConfig", "recorded_split", "run_seg_protocol", "task_cases"]
+__all__ = ["SEG_METHODS", "SegProtocolConfig", "recorded_split", "run_seg_protocol", "seg_options", "task_cases",
+           "task_channels"]
 
 SEG_METHODS = ("finetune", "frozen", "scratch")
 RESULT_FORMAT = "medssl-label-efficiency"
@@ -83,6 +92,13 @@ class SegProtocolConfig:
     cache_dir: str | None = None
     plot: bool = True
     keep_checkpoints: bool = False
+    regions: dict[str, list[int]] | None = None
+    region_labels: dict[str, int] | None = None
+    region_training: str = "sigmoid"
+    channel_names: list[str] | None = None
+    adapt_channels: str | None = None
+    masks: str | None = None
+    use_masks: bool = True
 
     @property
     def name(self) -> str:
@@ -131,6 +147,17 @@ class SegProtocolConfig:
             raise bad("patience", "must be null or an integer >= 1")
         if "frozen" in self.methods and self.n_val == 0:
             raise bad("n_val", "checkpoint selection needs validation cases")
+        if self.regions is not None:
+            from medssl.finetune.regions import RegionError, RegionMap
+
+            try:
+                RegionMap.from_config(self.regions, self.region_labels)
+            except (RegionError, TypeError, ValueError, AttributeError) as exc:
+                raise bad("regions", f"must map region names to label lists ({exc})") from None
+        if self.region_training not in ("sigmoid", "classes"):
+            raise bad("region_training", "must be 'sigmoid' or 'classes'")
+        if self.adapt_channels not in (None, "average", "repeat"):
+            raise bad("adapt_channels", "must be null, 'average' or 'repeat'")
         return self
 
 
@@ -138,7 +165,21 @@ def task_cases(cfg: SegProtocolConfig) -> tuple[list[Any], list[str]]:
     """The cases of ``cfg`` (an MSD folder or image/label globs; also a FinetuneConfig) and the label names."""
     if cfg.root is not None:
         return cases_from_msd(cfg.root), list(cfg.label_names or msd_label_names(cfg.root))
-    return cases_from_glob(cfg.images, cfg.labels), list(cfg.label_names)
+    return cases_from_glob(cfg.images, cfg.labels, getattr(cfg, "masks", None)), list(cfg.label_names)
+
+
+def task_channels(cfg: Any) -> list[str] | None:
+    """The cases' channel names: ``cfg.channel_names``, else the MSD ``dataset.json``'s, else None."""
+    if getattr(cfg, "channel_names", None):
+        return list(cfg.channel_names)
+    return msd_channel_names(cfg.root) if cfg.root is not None else None
+
+
+def seg_options(cfg: Any) -> dict[str, Any]:
+    """The region / channel / mask keyword arguments of :func:`~medssl.finetune.seg_fit.fit_segmenter` in ``cfg``."""
+    return {"regions": getattr(cfg, "regions", None), "region_labels": getattr(cfg, "region_labels", None),
+            "region_training": getattr(cfg, "region_training", "sigmoid"), "channel_names": task_channels(cfg),
+            "adapt_channels": getattr(cfg, "adapt_channels", None), "use_masks": getattr(cfg, "use_masks", True)}
 
 
 def recorded_split(cfg: SegProtocolConfig, cases: list[Any]) -> dict[str, Any]:
@@ -175,9 +216,11 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
     architecture = cfg.architecture or card["architecture"]
     scratch_plan = cfg.plan or (card["preprocessing"]["plan"] if card else None)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache"
+    options = seg_options(cfg)
     result: dict[str, Any] = {
         "format": RESULT_FORMAT, "format_version": 1, "task": "segmentation", "dataset": cfg.name, "split": "test",
-        "complete": False, "label_names": label_names,
+        "complete": False, "label_names": label_names, "regions": cfg.regions,
+        "channels": options["channel_names"],
         "data": {"path": cfg.root or cfg.images, "n_train": len(train), "n_val": len(val), "n_test": len(test)},
         "case_split": split,
         "encoder": None if card is None else {"path": str(cfg.encoder), "sha256": card["weights"]["sha256"],
@@ -204,12 +247,13 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
                     freeze_encoder_epochs=(cfg.epochs if method == "frozen" else cfg.freeze_encoder_epochs)
                     if pretrained else 0,
                     layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup, pos=cfg.pos,
-                    neg=cfg.neg, sw_overlap=cfg.sw_overlap, run_dir=run_dir)
+                    neg=cfg.neg, sw_overlap=cfg.sw_overlap, run_dir=run_dir, **options)
                 run.update(method=method, count=count, seed=seed, labelled_cases=[c.case_id for c in labelled])
                 result["runs"].append(run)
                 m = run["metrics"]
                 values = {"dice": m["mean_dice"], "hd95": m["mean_hd95"],
-                          **{f"dice_{n}": v for n, v in m["dice"].items()}}
+                          **{f"dice_{n}": v for n, v in m["dice"].items()},
+                          **({f"hd95_{n}": v for n, v in m["hd95"].items()} if cfg.regions else {})}
                 for metric, value in values.items():
                     result["records"].append({
                         "dataset": cfg.name, "method": method, "fraction": None, "count": count,
@@ -220,7 +264,8 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
     bar.close()
     result.update(complete=True, wall_s=round(time.perf_counter() - t0, 2))
     atomic_write_json(json_path, result)
-    metrics = ["dice", *[f"dice_{n}" for n in label_names[1:]], "hd95"]
+    parts = list(cfg.regions) if cfg.regions else label_names[1:]
+    metrics = ["dice", *[f"dice_{n}" for n in parts], "hd95", *([f"hd95_{n}" for n in parts] if cfg.regions else [])]
     atomic_write_text(out_dir / f"label_efficiency_{cfg.name}.md",
                       markdown_table(result, metrics, SEG_METHODS, unit="cases"))
     if cfg.plot:

@@ -18,6 +18,20 @@
   Dice by :func:`medssl.eval.metrics.segmentation_metrics`, logged as ``val/dice`` (mean over foreground labels of
   the per-case mean) and ``val/dice_<label>``. A 2-D network segments a volume slice by slice along its last axis.
 
+* Regions (``regions={"WT": [1, 2, 3, 4], ...}``, :mod:`medssl.finetune.regions`): with
+  ``region_training="sigmoid"`` (default) the network has one output per region, trained as overlapping sigmoid
+  channels with MONAI ``DiceLoss(sigmoid=True)`` + ``BCEWithLogitsLoss``; :meth:`predict_volume` thresholds them at
+  0.5 and paints the original label values back (``RegionMap.to_labels``). With ``"classes"`` the network is the
+  usual softmax over ``num_classes`` labels and only the evaluation is per region. Either way validation Dice is
+  per region on the painted label map (the map ``medssl predict`` writes), ``val/dice`` their mean; a region
+  absent from both prediction and reference of a case is left out of its mean (:func:`medssl.eval.metrics
+  .summarize_cases`).
+* Channels: ``in_channels`` must be the card's (else :class:`~medssl.finetune.seg_cases.SegmentationDataError`
+  naming both channel lists) unless ``adapt_channels`` (``"average"`` | ``"repeat"``) asks for an explicit
+  first-layer adaptation (the load report then says so); with equal counts, ``channels`` (their names) must be
+  the card's where both are known (:func:`medssl.models.hub.check_channels`:
+  :class:`~medssl.models.hub.ChannelMismatchError` naming both lists).
+
 Everything in ``hparams`` is a plain container (``task="segmentation"``, the resolved ``plan``, ``label_names``,
 ``num_classes``, ``spatial_dims``, ``in_channels``, ``roi_size``, ``architecture``, the ``network`` spec), so
 checkpoints load with ``torch.load(weights_only=True)``. :meth:`SegmentationFinetuner.load_from_checkpoint`
@@ -40,14 +54,15 @@ import lightning as L
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
-from medssl.eval.metrics import segmentation_metrics
+from medssl.eval.metrics import region_metrics, segmentation_metrics, summarize_cases
 from medssl.eval.probe import eval_mode
 from medssl.finetune.seg_cases import SegmentationDataError
 from medssl.finetune.layer_decay import adamw_warmup_cosine, layer_decay_groups
 from medssl.finetune.seg_data import check_card_dims, resolve_plan
-from medssl.models.hub import LoadReport, load_encoder, read_card
+from medssl.finetune.regions import RegionMap
+from medssl.models.hub import ChannelMismatchError, LoadReport, card_channels, check_channels, load_encoder, read_card
 from medssl.models.segmenter import build_segmenter, segmenter_spec
 from medssl.models.vit import freeze_unused_cross_attention_norms
 from medssl.training.optim import OptimConfig
@@ -55,6 +70,7 @@ from medssl.training.optim import OptimConfig
 __all__ = ["MONITOR", "SegmentationFinetuner"]  # + train/evaluate/fit_segmenter, looked up lazily (below)
 
 INITS = ("pretrained", "scratch")
+REGION_TRAINING = ("sigmoid", "classes")
 MONITOR = "val/dice"
 
 
@@ -72,6 +88,9 @@ class SegmentationFinetuner(L.LightningModule):
         plan: preprocessing (dict); default the card's; must equal it unless ``override_plan``.
         decoder: decoder-only network options (:func:`build_segmenter`'s ``options``).
         freeze_encoder_epochs, layer_decay, optim, sw_overlap, sw_batch_size, seed: see module docstring.
+        regions, region_labels, region_training: region targets and metrics (module docstring).
+        channels: the data's channel names (checked against the card's when both are known).
+        adapt_channels: ``"average"`` | ``"repeat"``: adapt the first layer when the channel counts differ.
         task, network: recorded values, given back by ``load_from_checkpoint`` and checked.
     """
 
@@ -81,7 +100,10 @@ class SegmentationFinetuner(L.LightningModule):
                  plan: dict[str, Any] | None = None, override_plan: bool = False,
                  decoder: dict[str, Any] | None = None, freeze_encoder_epochs: int = 0, layer_decay: float = 1.0,
                  optim: OptimConfig | dict[str, Any] | None = None, sw_overlap: float = 0.25, sw_batch_size: int = 4,
-                 seed: int = 0, task: str = "segmentation", network: dict[str, Any] | None = None):
+                 seed: int = 0, regions: dict[str, list[int]] | None = None,
+                 region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
+                 channels: Sequence[str] | None = None, adapt_channels: str | None = None,
+                 task: str = "segmentation", network: dict[str, Any] | None = None):
         super().__init__()
         names = list(label_names) if label_names is not None else ["background", *map(str, range(1, num_classes))]
         if init not in INITS or task != "segmentation" or len(names) != num_classes or num_classes < 2:
@@ -93,9 +115,17 @@ class SegmentationFinetuner(L.LightningModule):
         self.optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=1e-3))
         if self.optim.name != "adamw":
             raise ValueError(f"segmentation fine-tuning uses AdamW, got optim.name={self.optim.name!r}")
+        if region_training not in REGION_TRAINING:
+            raise ValueError(f"region_training must be one of {REGION_TRAINING}, got {region_training!r}")
+        self.regions = RegionMap.from_config(regions, region_labels) if regions else None
+        if self.regions is not None and self.regions.max_label >= num_classes:
+            raise ValueError(f"regions name label {self.regions.max_label}, outside the {num_classes} classes")
+        self.sigmoid = self.regions is not None and region_training == "sigmoid"
+        channels = None if channels is None else [str(c) for c in channels]
         card = read_card(encoder)[0] if encoder is not None else None
         if card is None and init == "pretrained":
             raise ValueError("init='pretrained' needs an encoder card (encoder=PATH)")
+        self._adapt = None
         if card is not None:
             check_card_dims(card, encoder, spatial_dims)
             if architecture is None:
@@ -103,10 +133,18 @@ class SegmentationFinetuner(L.LightningModule):
             elif init == "pretrained" and dict(architecture) != card["architecture"]:
                 raise SegmentationDataError(f"architecture {architecture} differs from the card's "
                                             f"{card['architecture']}; leave it out to use the card's", [encoder])
-            if in_channels is not None and int(in_channels) != int(card["in_channels"]):
-                raise SegmentationDataError(f"in_channels={in_channels} contradicts the card's "
-                                            f"{card['in_channels']}", [encoder])
-            in_channels = int(card["in_channels"])
+            count = int(in_channels if in_channels is not None else len(channels) if channels is not None
+                        else card["in_channels"])
+            if init == "pretrained":  # scratch reads only the card's plan and architecture
+                if count != int(card["in_channels"]) and adapt_channels is None:
+                    raise SegmentationDataError(
+                        f"in_channels={count} contradicts the card's {card['in_channels']} (data channels "
+                        f"{channels or '(unnamed)'}, the card's {card_channels(card) or '(unnamed)'}); adapt the "
+                        "encoder's first layer explicitly with adapt_channels: average | repeat", [encoder])
+                self._adapt = check_channels(card, count, channels, adapt_channels, encoder)
+            if count != int(card["in_channels"]):  # the network takes the data's channels (stem adapted on load)
+                architecture = {**architecture, "kwargs": {**architecture["kwargs"], "in_channels": count}}
+            in_channels = count
         if architecture is None:
             raise ValueError("init='scratch' needs architecture={'name', 'kwargs'} or an encoder card")
         in_channels = int(in_channels if in_channels is not None else architecture["kwargs"]["in_channels"])
@@ -117,9 +155,13 @@ class SegmentationFinetuner(L.LightningModule):
         self.sw_overlap, self.sw_batch_size = float(sw_overlap), int(sw_batch_size)
         if layer_decay != 1.0 and architecture["name"] != "vit":
             raise ValueError(f"layer_decay is defined for UNETR (vit.blocks.i), not for {architecture['name']!r}")
+        if channels is not None and len(channels) != in_channels:
+            raise ChannelMismatchError(f"{len(channels)} channel names {channels} for {in_channels} input channel(s)",
+                                       None if card is None else card_channels(card), channels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = build_segmenter(architecture, num_classes=num_classes, spatial_dims=spatial_dims,
+            outputs = len(self.regions) if self.sigmoid else num_classes
+            self.net = build_segmenter(architecture, num_classes=outputs, spatial_dims=spatial_dims,
                                        in_channels=in_channels, img_size=self.roi_size, options=decoder)
         if architecture["name"] == "vit":
             freeze_unused_cross_attention_norms(self.net.vit.blocks)  # as in ViTEncoder: unused, kept for the keys
@@ -128,20 +170,26 @@ class SegmentationFinetuner(L.LightningModule):
         self.load_report: LoadReport | None = None
         self.encoder_sha256: str | None = None
         if init == "pretrained":
-            self.load_report = load_encoder(encoder, into=self.net)
+            self.load_report = load_encoder(encoder, into=self.net, adapt_channels=self._adapt)
             self.encoder_sha256 = card["weights"]["sha256"]
         loaded = set(self.load_report.matched) if self.load_report else set()
         self._trainable = {n for n, p in self.net.named_parameters() if p.requires_grad}
         self._encoder_params = {n for n, _ in self.net.named_parameters() if n in loaded}
         self._encoder_modules = _loaded_modules(self.net, loaded)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        if self.sigmoid:
+            self.region_dice, self.region_bce = DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
         self.val_history: list[dict[str, Any]] = []
         self._val_cases: list[dict[int, float]] = []
         self.save_hyperparameters(ignore=["optim"])
         self.hparams.update({"optim": asdict(self.optim), "architecture": dict(architecture),
                              "plan": self.plan.to_dict(), "label_names": names, "in_channels": in_channels,
                              "roi_size": self.roi_size, "task": "segmentation", "network": segmenter_spec(self.net),
-                             "decoder": dict(decoder or {}), "encoder": None if encoder is None else str(encoder)})
+                             "decoder": dict(decoder or {}), "encoder": None if encoder is None else str(encoder),
+                             "regions": None if self.regions is None else self.regions.to_config(),
+                             "region_labels": None if self.regions is None else self.regions.paint_labels(),
+                             "region_training": region_training, "channels": channels,
+                             "adapt_channels": self._adapt})
         self._set_encoder_frozen(self.encoder_frozen)
 
     # --- freezing ---------------------------------------------------------------------------------------------
@@ -174,8 +222,15 @@ class SegmentationFinetuner(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def compute_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Softmax Dice + CE on the labels, or (sigmoid regions) Dice + BCE on each region channel."""
+        if not self.sigmoid:
+            return self.loss(logits, label)
+        target = self.regions.batch_masks(label).to(logits.dtype)
+        return self.region_dice(logits, target) + self.region_bce(logits, target)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self.net(batch["image"]), batch["label"])
+        loss = self.compute_loss(self.net(batch["image"]), batch["label"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["image"]))
         return loss
 
@@ -194,9 +249,24 @@ class SegmentationFinetuner(L.LightningModule):
         out = torch.as_tensor(out)
         return out.movedim(0, -1) if slices else out[0]
 
+    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(*spatial)`` int64 label map (original label values) of ``(outputs, *spatial)`` logits."""
+        if self.sigmoid:
+            return self.regions.to_labels(logits > 0).cpu()  # sigmoid > 0.5
+        return logits.argmax(dim=0).to(torch.int64).cpu()
+
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
-        """``(*spatial)`` int64 label map of one ``(C, *spatial)`` image (argmax of :meth:`predict_logits`)."""
-        return self.predict_logits(image).argmax(dim=0).to(torch.int64).cpu()
+        """``(*spatial)`` int64 label map of one ``(C, *spatial)`` image (argmax of :meth:`predict_logits`, or its
+        region channels thresholded and painted back to labels)."""
+        return self.logits_to_labels(self.predict_logits(image))
+
+    def case_metrics(self, pred_labels: torch.Tensor, true_labels: torch.Tensor,
+                     spacing: Sequence[float] | None = None) -> dict[str, Any]:
+        """Dice and HD95 of one case: per region (:func:`region_metrics`) or per label (:func:`segmentation_metrics`)."""
+        if self.regions is not None:
+            return region_metrics(self.regions.masks(pred_labels), self.regions.masks(true_labels),
+                                  self.regions.names, spacing=spacing)
+        return segmentation_metrics(pred_labels, true_labels, self.num_classes, spacing=spacing)
 
     def on_validation_epoch_start(self) -> None:
         self._val_cases = []
@@ -204,14 +274,25 @@ class SegmentationFinetuner(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for image, label in zip(batch["image"], batch["label"]):
             logits = self.predict_logits(image)
-            self.log("val/loss", self.loss(logits[None], label[None]), on_epoch=True, batch_size=1)
-            metrics = segmentation_metrics(logits.argmax(0).cpu(), label[0].cpu(), self.num_classes)
-            self._val_cases.append(metrics["dice"])
+            self.log("val/loss", self.compute_loss(logits[None], label[None]), on_epoch=True, batch_size=1)
+            self._val_cases.append(self.case_metrics(self.logits_to_labels(logits), label[0].cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_cases:
             return
-        per_label = {c: float(np.mean([d[c] for d in self._val_cases])) for c in self._val_cases[0]}
+        if self.regions is not None:
+            summary = summarize_cases(self._val_cases, self.regions.names)
+            per_region = {n: v for n, v in summary["dice"].items() if v is not None}
+            mean = float(summary["mean_dice"]) if summary["mean_dice"] is not None else 0.0
+            self.log(MONITOR, mean, prog_bar=True)
+            for n, value in per_region.items():
+                self.log(f"val/dice_{re.sub(r'[^0-9a-z]+', '_', n.lower())}", value)
+            if not self.trainer.sanity_checking:
+                self.val_history.append({"epoch": int(self.current_epoch), "dice": mean,
+                                         "dice_per_region": summary["dice"], "absent": summary["absent"]})
+            return
+        cases = [m["dice"] for m in self._val_cases]
+        per_label = {c: float(np.mean([d[c] for d in cases])) for c in cases[0]}
         mean = float(np.mean(list(per_label.values())))
         self.log(MONITOR, mean, prog_bar=True)
         for c, value in per_label.items():

@@ -5,10 +5,22 @@ architecture and its constructor arguments (rebuilt through :mod:`medssl.models.
 input channels, patch/image size, the preprocessing the encoder saw (spacing, orientation, intensity), a summary of
 the training data without patient data, the medssl version, the SHA-256 of the resolved training config and of the
 weights file. :func:`load_encoder` verifies the weights against the card and reports every key.
+
+**Channels.** A card records its input channels: ``in_channels`` and, when the data source named them,
+``channels`` (e.g. ``["FLAIR", "T1c"]``, also read from ``preprocessing["channels"]``). :func:`check_channels`
+compares them with what a fine-tuning dataset provides and raises :class:`ChannelMismatchError` naming both lists
+(names compared case- and space-insensitively, and only where both sides have names). When only the *count*
+differs, ``adapt_channels`` lets :func:`load_encoder` adapt the first convolution explicitly instead:
+``"average"`` gives every new input channel the mean of the pretrained input filters, ``"repeat"`` gives new
+channel ``c`` the pretrained channel ``c mod C_old``; both scale by ``C_old / C_new`` so that co-registered inputs of
+similar intensity keep the first layer's activation scale (as timm's ``adapt_input_conv``). The load report lists
+the stem under ``reshaped`` and says what was done in ``notes``.
 """
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +37,7 @@ from medssl.models.registry import build_encoder, encoder_spec
 CARD_FORMAT = "medssl-encoder"
 CARD_VERSION = 1
 WEIGHTS_NAME, CARD_NAME = "encoder.safetensors", "encoder.json"
+ADAPT_CHANNELS = ("average", "repeat")
 
 
 class EncoderCardError(MedsslError):
@@ -32,6 +45,14 @@ class EncoderCardError(MedsslError):
 
     def __init__(self, message: str, files: Any = ()):
         super().__init__(Reason.BAD_ENCODER_CARD, message, files)
+
+
+class ChannelMismatchError(EncoderCardError):
+    """The fine-tuning data's input channels differ from the encoder card's (count, or names in order)."""
+
+    def __init__(self, message: str, card_channels: Any, data_channels: Any, files: Any = ()):
+        super().__init__(message, files)
+        self.card_channels, self.data_channels = card_channels, data_channels
 
 
 @dataclass
@@ -61,11 +82,16 @@ class LoadReport:
 
 def export_encoder(encoder: nn.Module, out_dir: str | Path, *, method: str, preprocessing: dict[str, Any],
                    training: Optional[dict[str, Any]] = None, config_sha256: Optional[str] = None,
-                   extra: Optional[dict[str, Any]] = None) -> Path:
+                   extra: Optional[dict[str, Any]] = None, channels: Optional[Sequence[str]] = None) -> Path:
     """Write ``out_dir/encoder.safetensors`` and ``out_dir/encoder.json``; return the card path.
 
-    ``encoder`` must be a registered encoder (:func:`medssl.models.registry.encoder_spec`).
+    ``encoder`` must be a registered encoder (:func:`medssl.models.registry.encoder_spec`). ``channels``: the input
+    channel names in order (default ``preprocessing["channels"]``; None when the data source did not name them).
     """
+    channels = channels if channels is not None else (preprocessing or {}).get("channels")
+    if channels is not None and len(channels) != int(encoder.in_channels):
+        raise EncoderCardError(f"{len(channels)} channel names {list(channels)} for an encoder with "
+                               f"{encoder.in_channels} input channel(s)")
     from medssl import __version__
 
     out_dir = Path(out_dir)
@@ -78,6 +104,7 @@ def export_encoder(encoder: nn.Module, out_dir: str | Path, *, method: str, prep
         "architecture": spec,
         "spatial_dims": int(encoder.spatial_dims),
         "in_channels": int(encoder.in_channels),
+        "channels": None if channels is None else [str(c) for c in channels],
         "feature_dim": int(encoder.feature_dim),
         "preprocessing": preprocessing,
         "training": training or {},
@@ -124,8 +151,83 @@ def load_encoder_state(card_or_path: str | Path | dict[str, Any]) -> tuple[dict[
     return load_file(str(weights)), card
 
 
+def card_channels(card: dict[str, Any]) -> Optional[list[str]]:
+    """The card's input channel names (``channels``, else ``preprocessing["channels"]``), or None."""
+    names = card.get("channels") or (card.get("preprocessing") or {}).get("channels")
+    return None if names is None else [str(n) for n in names]
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).lower().split())
+
+
+def check_channels(card: dict[str, Any], count: int, names: Optional[Sequence[str]] = None,
+                   adapt_channels: Optional[str] = None, card_path: Any = None) -> Optional[str]:
+    """Raise :class:`ChannelMismatchError` unless the data's channels (``count``, ``names``) are the card's.
+
+    A count difference is allowed when ``adapt_channels`` is ``"average"`` or ``"repeat"`` (then that mode is
+    returned, for :func:`load_encoder`); a name difference with equal counts always raises. Returns None when the
+    channels agree.
+    """
+    if adapt_channels is not None and adapt_channels not in ADAPT_CHANNELS:
+        raise ValueError(f"adapt_channels must be None or one of {ADAPT_CHANNELS}, got {adapt_channels!r}")
+    theirs, expected = card_channels(card), int(card["in_channels"])
+    ours = None if names is None else [str(n) for n in names]
+    if ours is not None and len(ours) != int(count):
+        raise ValueError(f"{len(ours)} channel names {ours} for {count} channel(s)")
+    files = [card_path] if card_path else []
+
+    def show(n: int, listed: Optional[list[str]]) -> str:
+        return f"{n} channel(s) {listed if listed is not None else '(unnamed)'}"
+
+    if int(count) != expected:
+        if adapt_channels is None:
+            raise ChannelMismatchError(
+                f"the data provides {show(count, ours)}, the encoder was pretrained on {show(expected, theirs)}; "
+                f"give the encoder's channels, or adapt its first layer explicitly (adapt_channels: "
+                f"{' | '.join(ADAPT_CHANNELS)})", theirs, ours, files)
+        return adapt_channels
+    if theirs is not None and ours is not None and [_norm(n) for n in theirs] != [_norm(n) for n in ours]:
+        raise ChannelMismatchError(f"the data's channels {ours} differ from the encoder's {theirs} (same order "
+                                   "needed; rename them with channel_names if they are the same sequences)",
+                                   theirs, ours, files)
+    return None
+
+
+def _adapt_stem(state: dict[str, torch.Tensor], card: dict[str, Any], into: nn.Module,
+                mode: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], Optional[tuple[str, str]]]:
+    """``state`` and ``card`` with the first convolution adapted to ``into``'s input channels (module docstring)."""
+    from medssl.models.transfer import STEM_KEYS, target_family
+
+    arch = card["architecture"]["name"]
+    family = target_family(into)
+    key = STEM_KEYS.get(arch)
+    own = into.state_dict().get(family.prefix + (key or ""))
+    if key is None or own is None or key not in state or own.ndim < 3:
+        raise EncoderCardError(f"cannot adapt the input channels of a {arch!r} encoder in a {family.name}: no "
+                               "convolutional first layer to adapt")
+    weight = state[key]
+    old, new = int(weight.shape[1]), int(own.shape[1])
+    if old == new:
+        return state, card, None
+    if mode == "average":
+        adapted = weight.mean(dim=1, keepdim=True).expand(-1, new, *weight.shape[2:]) * (old / new)
+    else:
+        adapted = weight[:, [c % old for c in range(new)]] * (old / new)
+    state = {**state, key: adapted.contiguous()}
+    card = copy.deepcopy(card)
+    card["in_channels"] = new
+    card["architecture"]["kwargs"]["in_channels"] = new
+    names = card_channels(card)
+    how = ("the mean of the pretrained input filters" if mode == "average"
+           else f"pretrained channel c mod {old}")
+    note = (f"{family.prefix + key}: first-layer input channels adapted from {old} {names or '(unnamed)'} to {new} "
+            f"(adapt_channels={mode!r}: each new channel gets {how}, scaled by {old}/{new})")
+    return state, card, (family.prefix + key, note)
+
+
 def load_encoder(card_or_path: str | Path | dict[str, Any], into: Optional[nn.Module] = None,
-                 allow_partial: bool = False) -> LoadReport:
+                 allow_partial: bool = False, adapt_channels: Optional[str] = None) -> LoadReport:
     """Load an exported encoder, alone or into a segmentation / classification network.
 
     Without ``into``, the architecture is rebuilt from the card and every key must match exactly. With ``into``,
@@ -139,9 +241,25 @@ def load_encoder(card_or_path: str | Path | dict[str, Any], into: Optional[nn.Mo
     shape-mismatched), any other network key left missing, an input-channel or structural difference (layer
     types, attention heads, norm groups). With ``allow_partial`` what fits is loaded, the rest reported (and the
     tolerated differences listed in ``notes``); it still raises when nothing fits.
+
+    ``adapt_channels`` (``"average"`` | ``"repeat"``, with ``into``): when the network's first convolution takes
+    another number of input channels than the card's, adapt the saved one explicitly (module docstring); the
+    report's ``reshaped`` and ``notes`` say so. Without it, a channel-count difference raises.
     """
     from medssl.models.transfer import load_into  # transfer builds on this module (LoadReport, EncoderCardError)
 
     state, card = load_encoder_state(card_or_path)
+    original, adapted = card, None
+    if adapt_channels is not None:
+        if adapt_channels not in ADAPT_CHANNELS:
+            raise ValueError(f"adapt_channels must be None or one of {ADAPT_CHANNELS}, got {adapt_channels!r}")
+        if into is None:
+            raise ValueError("adapt_channels needs the network to load into (into=...)")
+        state, card, adapted = _adapt_stem(state, card, into, adapt_channels)
     module = into if into is not None else build_encoder(**card["architecture"])
-    return load_into(state, card, module, allow_partial=allow_partial)
+    report = load_into(state, card, module, allow_partial=allow_partial)
+    report.card = original
+    if adapted is not None:
+        report.reshaped.append(adapted[0])
+        report.notes.append(adapted[1])
+    return report

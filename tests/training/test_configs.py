@@ -10,6 +10,9 @@ from medssl.training.cli import PretrainCLI
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+#: complete recipes for one real dataset (the medmnist/ folder holds overlays, composed in their own test)
+DATASET_CONFIGS = sorted((REPO / "configs" / "pretrain").glob("*/*.yaml"))
+DATASET_CONFIGS = [p for p in DATASET_CONFIGS if p.parent.name != "medmnist"]
 
 
 def test_there_is_a_tiny_and_a_realistic_config_per_method():
@@ -36,7 +39,7 @@ def test_medmnist_overlays_compose(method, dataset):
     assert f"medssl.ssl.{method}." in resolved and "OnlineProbe" in resolved and "encoder_kwargs" in resolved
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", CONFIGS + DATASET_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_parses(config):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
