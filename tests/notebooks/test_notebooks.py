@@ -18,6 +18,7 @@ NOTEBOOKS = {
     "03_label_efficiency_medmnist": (("medmnist", "pneumoniamnist.npz"),),
     "04_hippocampus_segmentation": (("hippocampus", "imagesTr"), ("hippocampus", "labelsTr")),
     "05_representations": (("medmnist", "pneumoniamnist.npz"),),
+    "06_tumour_segmentation": (("brats", "dataset.json"), ("brats", "imagesTr")),
 }
 
 
