@@ -32,7 +32,7 @@ import torch
 
 from medssl.errors import MedsslError, Reason
 
-__all__ = ["BRATS_REGIONS", "RegionMap", "RegionError"]
+__all__ = ["BRATS_REGIONS", "RegionError", "RegionMap", "settings_error"]
 
 #: BraTS 2015 / 2013 convention (labels 1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing tumour)
 BRATS_REGIONS = {"WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET": [4]}
@@ -131,3 +131,19 @@ class RegionMap:
         for r in sorted(range(len(self)), key=lambda i: -len(self.labels[i])):
             out[m[r]] = self.paint[r]
         return out
+
+
+def settings_error(regions: Any, region_labels: Any, region_training: Any, adapt_channels: Any
+                   ) -> tuple[str, str] | None:
+    """``(field, problem)`` of the first invalid region/channel setting of a fine-tuning config, or None; shared by
+    the ``medssl finetune`` and protocol configs, which raise it with their own error type."""
+    if regions is not None:
+        try:
+            RegionMap.from_config(regions, region_labels)
+        except (RegionError, TypeError, ValueError, AttributeError) as exc:
+            return "regions", f"must map region names to label lists ({exc})"
+    if region_training not in ("sigmoid", "classes"):
+        return "region_training", "must be 'sigmoid' or 'classes'"
+    if adapt_channels not in (None, "average", "repeat"):
+        return "adapt_channels", "must be null, 'average' or 'repeat'"
+    return None

@@ -147,17 +147,11 @@ class SegProtocolConfig:
             raise bad("patience", "must be null or an integer >= 1")
         if "frozen" in self.methods and self.n_val == 0:
             raise bad("n_val", "checkpoint selection needs validation cases")
-        if self.regions is not None:
-            from medssl.finetune.regions import RegionError, RegionMap
+        from medssl.finetune.regions import settings_error
 
-            try:
-                RegionMap.from_config(self.regions, self.region_labels)
-            except (RegionError, TypeError, ValueError, AttributeError) as exc:
-                raise bad("regions", f"must map region names to label lists ({exc})") from None
-        if self.region_training not in ("sigmoid", "classes"):
-            raise bad("region_training", "must be 'sigmoid' or 'classes'")
-        if self.adapt_channels not in (None, "average", "repeat"):
-            raise bad("adapt_channels", "must be null, 'average' or 'repeat'")
+        problem = settings_error(self.regions, self.region_labels, self.region_training, self.adapt_channels)
+        if problem is not None:
+            raise bad(*problem)
         return self
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from medssl.errors import MedsslError
 from medssl.models.cpc_head import CausalContext
@@ -13,6 +12,7 @@ from medssl.models.hub import export_encoder, load_encoder
 from medssl.ssl.cpc import CPC
 from medssl.ssl.swav import SwAV
 from medssl.training.optim import OptimConfig
+from tests.ssl.overfit import fit_one_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,22 +45,8 @@ def views_batch(n: int, spatial_dims: int, size: int, local: int = 2, seed: int 
     return {"global_views": noisy, "local_views": small}
 
 
-class _OneBatch(torch.utils.data.Dataset):
-    def __init__(self, batch: dict, steps: int):
-        self.batch, self.steps = batch, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
-
-
 def _fit(method: L.LightningModule, batch: dict, steps: int) -> L.Trainer:
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(method, train_dataloaders=DataLoader(_OneBatch(batch, steps), batch_size=None))
-    return trainer
+    return fit_one_batch(method, batch, steps)
 
 
 def _eval_loss(method: L.LightningModule, batch: dict) -> float:

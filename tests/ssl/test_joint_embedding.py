@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from medssl.errors import MedsslError
 from medssl.ssl.byol import BYOL
@@ -14,6 +13,7 @@ from medssl.ssl.moco import MoCo
 from medssl.ssl.simclr import SimCLR
 from medssl.ssl.simsiam import SimSiam
 from medssl.training.optim import OptimConfig
+from tests.ssl.overfit import fit_one_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,23 +61,8 @@ def test_loss_finite_and_backward(cls: type, spatial_dims: int) -> None:
         assert all(p.grad is None and not p.requires_grad for p in target.parameters())
 
 
-class _OneBatch(torch.utils.data.Dataset):
-    def __init__(self, batch: dict, steps: int):
-        self.batch, self.steps = batch, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
-
-
 def _fit(method: L.LightningModule, batch: dict, steps: int, **trainer_kwargs) -> L.Trainer:
-    loader = DataLoader(_OneBatch(batch, steps), batch_size=None)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
-    trainer.fit(method, train_dataloaders=loader)
-    return trainer
+    return fit_one_batch(method, batch, steps, **trainer_kwargs)
 
 
 @pytest.mark.parametrize("cls", list(SMALL))

@@ -7,7 +7,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from medssl.errors import MedsslError
 from medssl.models.hub import export_encoder, load_encoder
@@ -16,6 +15,7 @@ from medssl.ssl.rotation import RotationPrediction
 from medssl.training.optim import OptimConfig
 from medssl.transforms.jigsaw import hamming_permutations, random_jigsaw
 from medssl.transforms.rotation import random_rotation
+from tests.ssl.overfit import fit_one_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,17 +93,6 @@ def test_jigsaw_loss_against_per_tile_reference(spatial_dims: int, orientation: 
     assert ("orientation_loss" in out) == orientation
 
 
-class _OneBatch(torch.utils.data.Dataset):
-    def __init__(self, batch: dict, steps: int):
-        self.batch, self.steps = batch, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
-
-
 def _eval_loss(method: L.LightningModule, batch: dict) -> float:
     method.eval()
     with torch.no_grad():  # the same draws every time: a fixed set of rotations / permutations of the batch
@@ -118,9 +107,7 @@ def test_overfits_one_batch_and_exports(make, spatial_dims: int, size: int, tmp_
     method = make(spatial_dims)
     batch = images(8, spatial_dims, size)
     before = _eval_loss(method, batch)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(method, train_dataloaders=DataLoader(_OneBatch(batch, 60), batch_size=None))
+    fit_one_batch(method, batch, 60)
     after = _eval_loss(method, batch)
     assert after < 0.7 * before, (make.__name__, spatial_dims, before, after)
     card = export_encoder(method.encoder_module, tmp_path, method=method.method_name, preprocessing={})

@@ -6,13 +6,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from medssl.errors import MedsslError
 from medssl.models.hub import export_encoder, load_encoder
 from medssl.ssl.autoencoder import Autoencoder
 from medssl.ssl.genesis import ModelsGenesis
 from medssl.training.optim import OptimConfig
+from tests.ssl.overfit import fit_one_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,17 +76,6 @@ def test_genesis_intensity_policy():
         make(ModelsGenesis, intensity="zscore")
 
 
-class _OneBatch(torch.utils.data.Dataset):
-    def __init__(self, batch: dict, steps: int):
-        self.batch, self.steps = batch, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
-
-
 def _eval_loss(method: L.LightningModule, batch: dict) -> float:
     method.eval()
     with torch.no_grad():
@@ -101,9 +90,7 @@ def test_overfits_one_batch_and_exports_the_encoder(cls, kwargs, spatial_dims, s
     batch = {"image": blobs(4, spatial_dims, size)}
     before = _eval_loss(method, batch)
     method.train()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(method, train_dataloaders=DataLoader(_OneBatch(batch, 40), batch_size=None))
+    fit_one_batch(method, batch, 40)
     after = _eval_loss(method, batch)
     assert after < 0.5 * before, (cls.__name__, spatial_dims, before, after)
     card = export_encoder(method.encoder_module, tmp_path, method=method.method_name, preprocessing={})
