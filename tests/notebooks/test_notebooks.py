@@ -40,7 +40,7 @@ def _params():
         yield pytest.param(name, needs, id=name, marks=[pytest.mark.realdata] if needs else [])
 
 
-@pytest.mark.parametrize("name, needs", _params())
+@pytest.mark.parametrize("name, needs", list(_params()))
 def test_notebook_runs_top_to_bottom(name, needs, tmp_path, monkeypatch):
     for parts in needs:
         require_shared(*parts)
