@@ -207,7 +207,8 @@ def _read_all(items: list[tuple[str, str]], salt: str, workers: int, show: bool)
 # ------------------------------------------------------------------------------------------------------- cache
 def _cache_stamp(archive: Path, salt: str) -> dict:
     """What a cache must match to be reused: format, medssl version, header fields, archive and salt."""
-    return {"format": CACHE_FORMAT, "version": __version__, "fields": _HEADER_FIELDS, "archive": str(archive),
+    return {"format": CACHE_FORMAT, "version": __version__, "fields": _HEADER_FIELDS,
+            "archive_key": hash_identifier(str(archive), salt),
             "salt_check": hash_identifier("medssl-header-cache", salt)}
 
 
@@ -418,7 +419,8 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
     usable = [s for s in series if s["status"] in USABLE_STATUSES]
     kinds = Counter(r["kind"] for r in duplicates)
     summary = {
-        "medssl_version": __version__, "archive": str(archive),
+        # the archive by salted hash, not by path: folder names can hold patient names
+        "medssl_version": __version__, "archive_key": hash_identifier(str(archive), salt),
         "counts": {"seen": seen, "indexed": indexed, "skipped": skipped, "n_series": len(series),
                    "n_usable_series": len(usable), "n_patients": len({s["patient_key"] for s in usable}),
                    "n_rejected_series": len(rejected), "headers_read": result.headers_read,

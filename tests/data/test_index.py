@@ -136,6 +136,9 @@ def test_outputs_hold_no_identifiers(archive, tmp_path):
         text = path.read_bytes()
         leaked = [s for s in secrets if s.encode() in text]
         assert not leaked, f"{path.name} leaks {leaked[:3]}"
+        # nor the archive's location: folder names can hold patient names (index.json and the header cache keep a
+        # salted key of it)
+        assert str(root.resolve()).encode() not in text, f"{path.name} holds the archive path"
 
 
 def test_rerun_reuses_cache_and_sees_changes(tmp_path):
