@@ -6,17 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from medssl.models.hub import load_encoder
 from medssl.training.cli import PretrainCLI
-from tests.conftest import REPO
-from tests.training.crash import Crash
+from tests.training.phantom_runs import CONFIGS, assert_exact_resume, pretrain_args
 
-CONFIGS = REPO / "configs" / "pretrain"
 TINY = ["cpc2d_tiny.yaml", "swav3d_tiny.yaml"]
 
 
@@ -26,17 +23,11 @@ def data_dirs(tmp_path_factory):
     return root / "phantoms", root / "cache"
 
 
-def _args(config: str, run_dir: Path, data_dirs, *extra: str) -> list[str]:
-    phantoms, cache = data_dirs
-    return ["--config", str(CONFIGS / config), "--run_dir", str(run_dir),
-            f"--data.source.init_args.root={phantoms}", f"--data.source.init_args.cache_dir={cache}", *extra]
-
-
 @pytest.mark.parametrize("config, metric", [("cpc2d_tiny.yaml", "cpc_accuracy"),
                                             ("swav3d_tiny.yaml", "prototypes_used")])
 def test_tiny_config_runs_end_to_end(config, metric, tmp_path, data_dirs, one_thread):
     run = tmp_path / "run"
-    cli = PretrainCLI(args=_args(config, run, data_dirs))
+    cli = PretrainCLI(args=pretrain_args(config, run, data_dirs))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] >= 3 and summary["val_loss_before"] > 0 and summary["val_loss_after"] > 0
     for name in ("config.yaml", "checkpoints/last.ckpt", "encoder.json", "encoder.safetensors", "metrics.csv"):
@@ -56,17 +47,7 @@ def test_exact_resume(config, tmp_path, data_dirs, one_thread):
     common = ("--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--data.batch_size=2",
               "--checkpoint_every_n_steps=1", "--validate_first=false", "--trainer.deterministic=true",
               "--trainer.limit_val_batches=0")
-    straight = PretrainCLI(args=_args(config, tmp_path / "a", data_dirs, *common))
-    assert straight.summary["global_step"] == 6
-    crashed = PretrainCLI(args=_args(config, tmp_path / "b", data_dirs, *common), run=False)
-    crashed.trainer.callbacks.append(Crash(after=4))
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        crashed.fit()
-    resumed = PretrainCLI(args=_args(config, tmp_path / "b", data_dirs, *common, "--resume", "last"))
-    assert resumed.summary["global_step"] == 6
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    b = assert_exact_resume(config, tmp_path, data_dirs, common, crash_after=4, total_steps=6)
     if config.startswith("swav"):
         assert int(b["queue_rows"]) == 12 and "queues.0.queue" in b
 

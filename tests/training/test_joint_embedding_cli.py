@@ -12,10 +12,8 @@ import torch
 
 from medssl.models.hub import load_encoder
 from medssl.training.cli import PretrainCLI
-from tests.conftest import REPO
-from tests.training.crash import Crash
+from tests.training.phantom_runs import assert_exact_resume, pretrain_args
 
-CONFIGS = REPO / "configs" / "pretrain"
 TINY = ["simclr2d_tiny.yaml", "moco3d_tiny.yaml", "byol2d_tiny.yaml", "simsiam3d_tiny.yaml", "dino2d_tiny.yaml"]
 
 
@@ -25,16 +23,10 @@ def data_dirs(tmp_path_factory):
     return root / "phantoms", root / "cache"
 
 
-def _args(config: str, run_dir: Path, data_dirs, *extra: str) -> list[str]:
-    phantoms, cache = data_dirs
-    return ["--config", str(CONFIGS / config), "--run_dir", str(run_dir),
-            f"--data.source.init_args.root={phantoms}", f"--data.source.init_args.cache_dir={cache}", *extra]
-
-
 @pytest.mark.parametrize("config", TINY)
 def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs, one_thread):
     run = tmp_path / "run"
-    cli = PretrainCLI(args=_args(config, run, data_dirs))
+    cli = PretrainCLI(args=pretrain_args(config, run, data_dirs))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] >= 3 and summary["val_loss_before"] > 0 and summary["val_loss_after"] > 0
     assert isinstance(summary["collapse_warnings"], list)
@@ -56,17 +48,7 @@ def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs, one_thread):
 def test_exact_resume_with_teacher_centre_and_queue(config, extra, tmp_path, data_dirs, one_thread):
     common = ("--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--data.batch_size=2",
               "--checkpoint_every_n_steps=1", "--validate_first=false", "--trainer.deterministic=true", *extra)
-    straight = PretrainCLI(args=_args(config, tmp_path / "a", data_dirs, *common))
-    assert straight.summary["global_step"] == 6
-    crashed = PretrainCLI(args=_args(config, tmp_path / "b", data_dirs, *common), run=False)
-    crashed.trainer.callbacks.append(Crash(after=4))
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        crashed.fit()
-    resumed = PretrainCLI(args=_args(config, tmp_path / "b", data_dirs, *common, "--resume", "last"))
-    assert resumed.summary["global_step"] == 6
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert_exact_resume(config, tmp_path, data_dirs, common, crash_after=4, total_steps=6)
 
 
 def _losses(run: Path) -> list[float]:
@@ -91,7 +73,7 @@ def test_ddp_simclr_equals_single_process_with_doubled_batch(tmp_path, data_dirs
             "ddp": ("--data.batch_size=4", "--trainer.strategy=ddp", "--trainer.devices=2")}
     for name, extra in runs.items():
         cmd = [sys.executable, "-m", "medssl.cli", "pretrain",
-               *_args("simclr2d_tiny.yaml", tmp_path / name, data_dirs, *common, *extra)]
+               *pretrain_args("simclr2d_tiny.yaml", tmp_path / name, data_dirs, *common, *extra)]
         done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                               env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr[-3000:]

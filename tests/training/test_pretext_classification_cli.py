@@ -6,17 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from medssl.models.hub import load_encoder
 from medssl.training.cli import PretrainCLI
-from tests.conftest import REPO
-from tests.training.crash import Crash
+from tests.training.phantom_runs import CONFIGS, assert_exact_resume, pretrain_args
 
-CONFIGS = REPO / "configs" / "pretrain"
 TINY = {"rotation2d_tiny.yaml": "rotation", "jigsaw3d_tiny.yaml": "jigsaw"}
 
 
@@ -26,16 +23,10 @@ def data_dirs(tmp_path_factory):
     return root / "phantoms", root / "cache"
 
 
-def _args(config: str, run_dir: Path, data_dirs, *extra: str) -> list[str]:
-    phantoms, cache = data_dirs
-    return ["--config", str(CONFIGS / config), "--run_dir", str(run_dir),
-            f"--data.source.init_args.root={phantoms}", f"--data.source.init_args.cache_dir={cache}", *extra]
-
-
 @pytest.mark.parametrize("config", list(TINY))
 def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs, one_thread):
     run = tmp_path / "run"
-    cli = PretrainCLI(args=_args(config, run, data_dirs))
+    cli = PretrainCLI(args=pretrain_args(config, run, data_dirs))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] >= 3 and summary["val_loss_before"] > 0 and summary["val_loss_after"] > 0
     header = (run / "metrics.csv").read_text().splitlines()[0]
@@ -51,16 +42,7 @@ def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs, one_thread):
 def test_jigsaw_exact_resume(tmp_path, data_dirs, one_thread):
     common = ("--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--checkpoint_every_n_steps=1",
               "--validate_first=false", "--trainer.limit_val_batches=0", "--trainer.deterministic=true")
-    straight = PretrainCLI(args=_args("jigsaw3d_tiny.yaml", tmp_path / "a", data_dirs, *common))
-    assert straight.summary["global_step"] == 4
-    crashed = PretrainCLI(args=_args("jigsaw3d_tiny.yaml", tmp_path / "b", data_dirs, *common), run=False)
-    crashed.trainer.callbacks.append(Crash(after=3))
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        crashed.fit()
-    resumed = PretrainCLI(args=_args("jigsaw3d_tiny.yaml", tmp_path / "b", data_dirs, *common, "--resume", "last"))
-    assert resumed.summary["global_step"] == 4
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_exact_resume("jigsaw3d_tiny.yaml", tmp_path, data_dirs, common, crash_after=3, total_steps=4)
 
 
 @pytest.mark.parametrize("method, cls", [("rotation", "RotationPrediction"), ("jigsaw", "Jigsaw")])
