@@ -1,0 +1,417 @@
+#!/usr/bin/env python
+"""Label efficiency side by side: from scratch vs the lightly peer vs medssl's methods, same splits, seeds, budget.
+
+One invocation pretrains every arm on the unlabeled train split of a dataset with the **same pretraining budget**
+(``--epochs`` epochs at the dataset's batch size, seed 0), then evaluates every arm with the **same few-label
+protocol and code** (:mod:`medssl.finetune.protocol` for classification, :mod:`medssl.finetune.seg_protocol` for
+segmentation) on the same recorded label subsets and seeds, scored on the test split; checkpoint selection uses
+the validation split only.
+
+Arms (``--arms``):
+
+* ``scratch``: the encoder architecture of the other arms, randomly initialised, fine-tuned with the same budget;
+* ``lightly_simclr``: the external peer, SimCLR pretrained with lightly (``benchmarks/lightly_peer.py``; needs the
+  ``bench`` extra, see benchmarks/README.md); classification datasets only;
+* ``simclr``, ``moco``, ``byol``, ``simsiam``, ``dino``, ``swav``, ``genesis``, ... : ``medssl pretrain`` with
+  ``configs/pretrain/medmnist/<arm>.yaml`` + the dataset's CPU overlay (``configs/pretrain/hippocampus/
+  <arm>_basicunet_cpu.yaml`` for hippocampus);
+* ``mae``: ``medssl pretrain`` with ``configs/pretrain/mae{2,3}d_medmnist_cpu.yaml`` (a ViT; fine-tuned with
+  layer-wise LR decay 0.75).
+
+Downstream evaluations per pretrained arm (classification): ``finetune`` (everything trained, best epoch on val),
+``linear_probe`` (logistic regression on frozen features) and ``knn``; segmentation: ``finetune``. Outputs in
+``--out`` (default ``benchmarks/results``): ``label_efficiency_<dataset>.json`` (records: arm, evaluation, label
+fraction or count, seed, metric, value, wall seconds of that run, pretraining wall seconds of the arm),
+``label_efficiency_<dataset>.md`` (mean ± std over seeds, ratio to the peer) and ``label_efficiency_<dataset>.png``.
+
+Usage::
+
+    python benchmarks/label_efficiency.py --datasets pneumoniamnist --epochs 15          # the issue's peer budget
+    python benchmarks/label_efficiency.py --datasets adrenalmnist3d --arms scratch lightly_simclr simclr mae
+    python benchmarks/label_efficiency.py --quick --out /tmp/res                          # minutes (smoke test)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from ingest import machine  # one machine description for every benchmark
+
+PRETRAIN = REPO / "configs" / "pretrain"
+FINETUNE = REPO / "configs" / "finetune"
+PEER = "lightly_simclr"
+CLS_EVALS = ("finetune", "linear_probe", "knn")
+METRIC = {"cls": "auroc", "seg": "dice"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One benchmark dataset: where it is, how arms pretrain on it, and which protocol evaluates them."""
+
+    name: str
+    kind: str                      # "cls" (MedMNIST .npz) or "seg" (MSD folder)
+    data: str                      # path under the shared data folder
+    protocol: str                  # configs/finetune/<...>.yaml
+    overlay: str | None = None     # data + encoder overlay of the medssl SSL arms (classification)
+    mae_config: str | None = None  # standalone MAE config
+    fractions: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    batch_size: int = 32
+    overrides: dict[str, Any] = field(default_factory=dict)  # extra pretraining CLI arguments (e.g. 64^3 views)
+
+
+DATASETS = {
+    "pneumoniamnist": Dataset("pneumoniamnist", "cls", "medmnist/pneumoniamnist.npz",
+                              "pneumoniamnist_protocol.yaml", "medmnist/pneumonia2d_cpu.yaml",
+                              "mae2d_medmnist_cpu.yaml", fractions=(0.01, 0.1), batch_size=128),
+    "adrenalmnist3d": Dataset("adrenalmnist3d", "cls", "medmnist/adrenalmnist3d.npz",
+                              "adrenalmnist3d_protocol.yaml", "medmnist/adrenal3d_cpu.yaml",
+                              "mae3d_medmnist_cpu.yaml", fractions=(0.1,), batch_size=32),
+    "adrenalmnist3d_64": Dataset("adrenalmnist3d_64", "cls", "medmnist/adrenalmnist3d_64.npz",
+                                 "adrenalmnist3d_protocol.yaml", "medmnist/adrenal3d_cpu.yaml", None,
+                                 fractions=(0.1,), batch_size=16,
+                                 overrides={"views": "--data.views.init_args.global_size=[64, 64, 64]"}),
+    "hippocampus": Dataset("hippocampus", "seg", "hippocampus", "hippocampus_protocol.yaml", counts=(5, 20)),
+}
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("MEDSSL_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+# ---------------------------------------------------------------------------------------------------- pretraining
+def _overlay(ds: Dataset, data_path: Path, tmp: Path, quick: bool) -> Path:
+    """The dataset's CPU overlay with every data path made absolute (and small probes in quick mode)."""
+    import yaml
+
+    base = yaml.safe_load((PRETRAIN / ds.overlay).read_text())
+    callbacks = base.get("trainer", {}).get("callbacks", [])
+    for cb in callbacks:
+        cb["init_args"]["path"] = str(data_path)
+        if quick:
+            cb["init_args"].update(max_train=32, max_eval=16)
+    overlay = {"data": {"source": {"init_args": {"path": str(data_path)}}, "batch_size": ds.batch_size}}
+    if callbacks:
+        overlay["trainer"] = {"callbacks": callbacks}
+    out = tmp / f"paths_{ds.name}.yaml"
+    out.write_text(yaml.safe_dump(overlay))
+    return out
+
+
+def _cls_architecture(ds: Dataset) -> dict[str, Any]:
+    """The encoder spec of the dataset's overlay: the architecture of scratch, the peer and the SSL arms."""
+    import yaml
+
+    init = yaml.safe_load((PRETRAIN / ds.overlay).read_text())["model"]["init_args"]
+    return {"name": init["encoder"], "kwargs": dict(init["encoder_kwargs"])}
+
+
+def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: Path, epochs: int,
+                    quick: bool) -> dict[str, Any]:
+    """``medssl pretrain`` of one arm; returns the card path, steps and wall seconds."""
+    from medssl.training.cli import PretrainCLI
+
+    if ds.kind == "seg":
+        config = PRETRAIN / "hippocampus" / f"{arm}_basicunet_cpu.yaml"
+        if not config.is_file():
+            raise SystemExit(f"no segmentation pretraining config for arm {arm!r}: {config}")
+        args = ["--config", str(config), f"--data.source.init_args.pattern={data_path}/imagesTr/*.nii.gz",
+                f"--data.source.init_args.exclude_split={FINETUNE / 'hippocampus_split.json'}",
+                f"--data.source.init_args.cache_dir={tmp / 'cache'}"]
+    elif arm == "mae":
+        if ds.mae_config is None:
+            raise SystemExit(f"no MAE config for {ds.name}")
+        args = ["--config", str(PRETRAIN / ds.mae_config), f"--data.source.init_args.path={data_path}",
+                f"--data.batch_size={ds.batch_size}"]
+    else:
+        method = PRETRAIN / "medmnist" / f"{arm}.yaml"
+        if not method.is_file():
+            raise SystemExit(f"unknown arm {arm!r}: no {method}")
+        args = ["--config", str(method), "--config", str(PRETRAIN / ds.overlay),
+                "--config", str(_overlay(ds, data_path, tmp, quick))]
+        args += [v for k, v in ds.overrides.items()]
+        if arm in ("dino", "swav"):
+            local = [14] * (3 if "3d" in ds.overlay else 2)
+            args += [f"--data.views.init_args.num_local={2 if len(local) == 3 else 4}",
+                     f"--data.views.init_args.local_size={local}"]
+    args += ["--run_dir", str(run_dir), f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false"]
+    if quick:
+        args += ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--data.batch_size=8"]
+    summary = PretrainCLI(args=args).summary
+    return {"card": str(run_dir / "encoder.json"), "steps": summary["global_step"],
+            "epochs": summary["epochs_completed"], "wall_s": round(float(summary["wall_s"]), 2),
+            "val_loss_before": summary.get("val_loss_before"), "val_loss_after": summary.get("val_loss_after")}
+
+
+def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, epochs: int,
+                 quick: bool, reuse: bool = False) -> dict[str, Any]:
+    """Pretrain one arm into ``work/pretrain_<arm>`` and record its summary there (``bench_pretrain.json``).
+
+    ``reuse``: an earlier run of the same arm, epochs and quick setting in that folder is taken as it is (its card
+    and summary), so downstream settings can be compared without pretraining again.
+    """
+    from medssl.data.atomic import atomic_write_json
+
+    run_dir = work / f"pretrain_{arm}"
+    summary_path = run_dir / "bench_pretrain.json"
+    if reuse and summary_path.is_file():
+        done = json.loads(summary_path.read_text())
+        if (done.get("requested_epochs"), done.get("quick")) == (epochs, quick) and Path(done["card"]).is_file():
+            print(f"== reuse pretrained {arm} on {ds.name}: {done['card']}", flush=True)
+            return {**done, "reused": True}
+    print(f"== pretrain {arm} on {ds.name} ({epochs} epochs)", flush=True)
+    if arm == PEER:
+        if ds.kind != "cls":
+            raise SystemExit(f"the lightly peer is defined for the MedMNIST classification datasets, not {ds.name}")
+        from lightly_peer import pretrain_lightly_simclr
+
+        done = pretrain_lightly_simclr(data_path, _cls_architecture(ds), run_dir, epochs=epochs,
+                                       batch_size=8 if quick else ds.batch_size,
+                                       max_steps=2 if quick else None)
+    else:
+        done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick)
+    done.update(requested_epochs=epochs, quick=quick)
+    atomic_write_json(summary_path, done)
+    return done
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds: list[int],
+                 fractions: list[float], work: Path, quick: bool, arm_overrides: dict[str, Any]) -> dict[str, Any]:
+    """The few-label classification protocol for one arm; returns the protocol's result JSON."""
+    from medssl.finetune.protocol import ProtocolConfig, run_protocol
+
+    overrides: dict[str, Any] = {"path": str(data_path), "seeds": seeds, "fractions": fractions, "plot": False,
+                                 "dataset": ds.name}
+    if arm == "scratch":
+        overrides.update(methods=["scratch"], encoder=None, architecture=_cls_architecture(ds))
+    else:
+        overrides.update(methods=list(CLS_EVALS), encoder=card)
+    if arm == "mae":
+        overrides["layer_decay"] = 0.75
+    if quick:
+        overrides.update(epochs=1, min_steps=2, max_eval=64, batch_size=16)
+    overrides.update(arm_overrides)
+    cfg = ProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
+    out = work / f"eval_{arm}"
+    run_protocol(cfg, out, progress=False)
+    return json.loads((out / f"label_efficiency_{data_path.stem}.json").read_text())
+
+
+def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[int], counts: list[int],
+                 work: Path, quick: bool, arm_overrides: dict[str, Any]) -> dict[str, Any]:
+    """The few-label segmentation protocol for one arm (``scratch`` takes only the architecture of ``card``)."""
+    from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
+
+    overrides: dict[str, Any] = {"root": str(data_path), "seeds": seeds, "counts": counts, "plot": False,
+                                 "encoder": card, "methods": ["scratch" if arm == "scratch" else "finetune"],
+                                 "split_file": str(FINETUNE / "hippocampus_split.json")}
+    if quick:
+        overrides.update(epochs=1, min_steps=2)
+    overrides.update(arm_overrides)
+    cfg = SegProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
+    out = work / f"eval_{arm}"
+    run_seg_protocol(cfg, out, progress=False)
+    return json.loads((out / f"label_efficiency_{cfg.name}.json").read_text())
+
+
+def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The protocol's records relabelled ``<arm> <evaluation>`` with each run's wall seconds attached."""
+    walls = {(r["method"], r.get("fraction"), r.get("count"), r["seed"]): r.get("wall_s") for r in result["runs"]}
+    out = []
+    for r in result["records"]:
+        evaluation = r["method"]
+        label = "scratch" if arm == "scratch" else f"{arm} {evaluation}"
+        out.append({**r, "arm": arm, "evaluation": evaluation, "method": label,
+                    "wall_s": walls.get((evaluation, r.get("fraction"), r.get("count"), r["seed"])),
+                    "pretrain_wall_s": None if pretrain is None else pretrain["wall_s"]})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ reporting
+def _stats(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Mean ± std per arm x evaluation x budget, the ratio to the peer, wall times and the settings."""
+    from medssl.eval.label_efficiency import budget_label
+
+    ds, metric = report["dataset"], report["metric"]
+    unit = "cases" if report["kind"] == "seg" else "items"
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in report["records"]:
+        if r["metric"] == metric:
+            groups.setdefault((r["fraction"], r["count"], r["method"]), []).append(r)
+    peer_mean = {}
+    for (fraction, count, method), rs in groups.items():
+        if method == f"{PEER} finetune":
+            peer_mean[(fraction, count)] = _stats([r["value"] for r in rs])[0]
+    m, st = report["machine"], report["settings"]
+    machine_line = (f"Machine: {m['cpu']} ({m.get('cores_usable', m['cores'])} cores usable), torch "
+                    f"{m['versions'].get('torch')}, lightly {m['versions'].get('lightly')}, {m['date']}; load average "
+                    f"start {m['loadavg_start']}, end {m.get('loadavg_end')}.")
+    budget_line = (f"Pretraining budget: {st['epochs']} epoch(s) per arm at batch size {st['batch_size']} on the "
+                   f"unlabeled train split, seed 0. Test-split {metric}, mean ± sample std over seeds {st['seeds']}; "
+                   f"ratio = mean / mean of `{PEER} finetune` at the same budget.")
+    header = (f"| arm / evaluation | labels | n labelled | seeds | test {metric} | ratio to peer | eval wall s (mean) "
+              "| pretrain wall s |")
+    lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
+             "|---|---|---:|---:|---|---:|---:|---:|"]
+    order = {a: i for i, a in enumerate(report["settings"]["arms"])}
+    keys = sorted(groups, key=lambda k: (k[0] is None, k[0] or 0, k[1] or 0,
+                                         order.get(groups[k][0]["arm"], 99), k[2]))
+    for fraction, count, method in keys:
+        rs = groups[(fraction, count, method)]
+        mean, std = _stats([r["value"] for r in rs])
+        peer = peer_mean.get((fraction, count))
+        ratio = f"{mean / peer:.3f}" if peer and math.isfinite(peer) and math.isfinite(mean) else "–"
+        walls = [r["wall_s"] for r in rs if r.get("wall_s") is not None]
+        pre = rs[0].get("pretrain_wall_s")
+        value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+        wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
+        lines.append(f"| {method} | {budget_label(fraction, count, unit)} | {rs[0]['n_labelled']} | {len(rs)} | "
+                     f"{value} | {ratio} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
+    lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
+    for arm, p in report["pretraining"].items():
+        note = (f"loss {p['loss_first_epoch']:.3f} -> {p['loss_last_epoch']:.3f}" if "loss_first_epoch" in p else
+                f"val loss {p.get('val_loss_before')} -> {p.get('val_loss_after')}")
+        lines.append(f"| {arm} | {p['epochs']} | {p['steps']} | {p['wall_s']:.0f} | {note} |")
+    lines += ["", f"Command: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    from medssl.data.atomic import atomic_write_json, atomic_write_text
+    from medssl.eval.label_efficiency import label_efficiency_plot
+
+    name = (f"label_efficiency_{report['dataset']}" + (f"_{report['settings']['tag']}" if report["settings"]["tag"] else "")
+            + ("_quick" if report["settings"]["quick"] else ""))
+    atomic_write_json(out / f"{name}.json", report)
+    atomic_write_text(out / f"{name}.md", markdown(report))
+    if any(r["metric"] == report["metric"] for r in report["records"]):
+        plot = {"dataset": report["dataset"], "records": report["records"], "data": report["data"]}
+        order = ["scratch"] + [f"{a} {e}" for a in report["settings"]["arms"] for e in CLS_EVALS]
+        label_efficiency_plot(plot, out / f"{name}.png", report["metric"], order,
+                              x="count" if report["kind"] == "seg" else "fraction")
+
+
+def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import torch
+
+    data_path = shared_data() / ds.data
+    if not data_path.exists():
+        raise SystemExit(f"{data_path} not found: set MEDSSL_SHARED_DATA to the shared data folder")
+    arms = list(args.arms)
+    if ds.kind == "seg" and PEER in arms:
+        print(f"note: {PEER} is skipped for {ds.name} (classification datasets only)", flush=True)
+        arms.remove(PEER)
+    seeds = [0] if args.quick else args.seeds
+    fractions = list(args.fractions or ds.fractions)[:1 if args.quick else None]
+    counts = list(args.counts or ds.counts)[:1 if args.quick else None]
+    epochs = 1 if args.quick else args.epochs
+    info = machine()
+    info["versions"]["lightly"] = _version("lightly")
+    report: dict[str, Any] = {
+        "format": "medssl-label-efficiency-benchmark", "format_version": 1, "dataset": ds.name, "kind": ds.kind,
+        "metric": METRIC[ds.kind], "machine": info, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "settings": {"arms": arms, "epochs": epochs, "batch_size": 8 if args.quick else ds.batch_size,
+                     "seeds": seeds, "fractions": fractions if ds.kind == "cls" else None,
+                     "counts": counts if ds.kind == "seg" else None, "quick": args.quick,
+                     "threads": torch.get_num_threads(), "finetune_overrides": args.finetune_override,
+                     "tag": args.tag},
+        "data": {"path": str(data_path)}, "pretraining": {}, "records": [], "complete": False,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pretrained = [a for a in arms if a != "scratch"]
+        cards: dict[str, str] = {}
+        for arm in pretrained:
+            p = pretrain_arm(arm, ds, data_path, work / ds.name, Path(tmp), epochs, args.quick, args.reuse)
+            report["pretraining"][arm] = p
+            cards[arm] = p["card"]
+        eval_root = work / ds.name / (f"eval_{args.tag}" if args.tag else "eval")
+        for arm in arms:
+            t0 = time.perf_counter()
+            print(f"== evaluate {arm} on {ds.name}", flush=True)
+            extra = dict(args.finetune_override_map) if arm != "scratch" else {}
+            if ds.kind == "cls":
+                result = evaluate_cls(arm, ds, data_path, cards.get(arm), seeds, fractions, eval_root,
+                                      args.quick, extra)
+            else:
+                if not cards:
+                    raise SystemExit("hippocampus needs at least one pretrained arm (its card gives scratch the "
+                                     "architecture and preprocessing plan)")
+                card = cards.get(arm) or next(iter(cards.values()))
+                result = evaluate_seg(arm, ds, data_path, card, seeds, counts, eval_root, args.quick, extra)
+            report["data"].update({k: v for k, v in result["data"].items() if k.startswith("n_") or k == "sha256"})
+            report["records"] += arm_records(arm, result, report["pretraining"].get(arm))
+            print(f"   {arm}: {time.perf_counter() - t0:.0f} s", flush=True)
+            info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+            write_report(report, out)
+    report["complete"] = True
+    write_report(report, out)
+    print(markdown(report), flush=True)
+    return report
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["pneumoniamnist"], choices=list(DATASETS))
+    parser.add_argument("--arms", nargs="+", default=["scratch", PEER, "simclr", "mae"])
+    parser.add_argument("--epochs", type=int, default=15, help="pretraining epochs of every arm (equal budget)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--fractions", nargs="+", type=float, default=None, help="default: the dataset's")
+    parser.add_argument("--counts", nargs="+", type=int, default=None, help="labelled cases (segmentation)")
+    parser.add_argument("--finetune-override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="protocol fields for the pretrained arms' evaluation, e.g. freeze_encoder_epochs=5")
+    parser.add_argument("--tag", default="", help="output name suffix: label_efficiency_<dataset>_<tag>.*")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take each arm's pretraining from --workdir when it was run with the same --epochs")
+    parser.add_argument("--quick", action="store_true", help="1 epoch x 2 steps, 1 seed, 1 budget (smoke test)")
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_label_efficiency"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    args.finetune_override_map = dict(_parse_override(t) for t in args.finetune_override)
+    for name in args.datasets:
+        run_dataset(DATASETS[name], args, Path(args.workdir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

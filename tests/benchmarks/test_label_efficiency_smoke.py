@@ -1,0 +1,107 @@
+"""benchmarks/label_efficiency.py: the --quick run end to end on real MedMNIST, and its report arithmetic."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def load_bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # machine() from ingest.py, the peer from lightly_peer.py
+    spec = importlib.util.spec_from_file_location("medssl_bench_label_efficiency",
+                                                  REPO / "benchmarks" / "label_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(method, arm, evaluation, seed, value, fraction=0.01):
+    return {"method": method, "arm": arm, "evaluation": evaluation, "fraction": fraction, "count": None,
+            "n_labelled": 47, "seed": seed, "metric": "auroc", "value": value, "wall_s": 2.0,
+            "pretrain_wall_s": None if arm == "scratch" else 10.0}
+
+
+def test_markdown_ratio_to_peer_and_mean_std():
+    bench = load_bench()
+    records = ([_record("scratch", "scratch", "scratch", s, v) for s, v in enumerate([0.80, 0.82, 0.84])]
+               + [_record("lightly_simclr finetune", "lightly_simclr", "finetune", s, v)
+                  for s, v in enumerate([0.90, 0.90, 0.90])]
+               + [_record("simclr finetune", "simclr", "finetune", s, v) for s, v in enumerate([0.93, 0.95, 0.94])])
+    report = {"dataset": "toy", "kind": "cls", "metric": "auroc", "records": records,
+              "machine": {"cpu": "x", "cores": 2, "versions": {"torch": "t", "lightly": "l"}, "date": "d",
+                          "loadavg_start": [0, 0, 0]},
+              "settings": {"epochs": 5, "batch_size": 128, "seeds": [0, 1, 2],
+                           "arms": ["scratch", "lightly_simclr", "simclr"]},
+              "pretraining": {"simclr": {"epochs": 5, "steps": 185, "wall_s": 10.0, "val_loss_before": 2.7,
+                                         "val_loss_after": 2.1}},
+              "command": "label_efficiency.py"}
+    text = bench.markdown(report)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "finetune" in line or line.startswith("| scratch")}
+    assert rows["simclr finetune"][4] == "0.940 ± 0.010"
+    assert float(rows["simclr finetune"][5]) == pytest.approx(0.94 / 0.90, abs=1e-3)
+    assert float(rows["scratch"][5]) == pytest.approx(0.82 / 0.90, abs=1e-3)
+    assert rows["lightly_simclr finetune"][5] == "1.000"
+    # the peer row precedes the medssl row (arm order), scratch first
+    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert order == ["scratch", "lightly_simclr finetune", "simclr finetune"]
+
+
+def test_arm_records_relabel_and_carry_wall_times():
+    bench = load_bench()
+    result = {"runs": [{"method": "finetune", "fraction": 0.01, "count": None, "seed": 1, "wall_s": 3.5}],
+              "records": [{"method": "finetune", "fraction": 0.01, "count": None, "seed": 1, "metric": "auroc",
+                           "value": 0.9, "n_labelled": 47}]}
+    (r,) = bench.arm_records("simclr", result, {"wall_s": 12.0})
+    assert (r["method"], r["arm"], r["evaluation"], r["wall_s"], r["pretrain_wall_s"]) == \
+        ("simclr finetune", "simclr", "finetune", 3.5, 12.0)
+    (s,) = bench.arm_records("scratch", {**result, "runs": [{**result["runs"][0], "method": "scratch"}],
+                                         "records": [{**result["records"][0], "method": "scratch"}]}, None)
+    assert (s["method"], s["pretrain_wall_s"], s["wall_s"]) == ("scratch", None, 3.5)
+
+
+@pytest.mark.realdata
+def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch):
+    bench = load_bench()
+    monkeypatch.setenv("MEDSSL_SHARED_DATA", str(shared_data))
+    assert bench.main(["--quick", "--arms", "scratch", "simclr", "--out", str(tmp_path / "res"),
+                       "--workdir", str(tmp_path / "work")]) == 0
+    report = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.json").read_text())
+    assert report["complete"] and report["settings"]["quick"]
+    methods = {r["method"] for r in report["records"]}
+    assert methods == {"scratch", "simclr finetune", "simclr linear_probe", "simclr knn"}
+    for r in report["records"]:
+        assert r["split"] == "test" and r["fraction"] == 0.01 and r["seed"] == 0
+        assert r["value"] is None or 0.0 <= r["value"] <= 1.0
+        assert r["wall_s"] is not None and r["wall_s"] >= 0
+    assert report["pretraining"]["simclr"]["steps"] == 2
+    assert math.isfinite(report["pretraining"]["simclr"]["wall_s"])
+    assert (tmp_path / "work" / "pneumoniamnist" / "pretrain_simclr" / "encoder.json").is_file()
+    text = (tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.md").read_text()
+    assert text.startswith("# Label efficiency side by side: pneumoniamnist") and "| simclr finetune | 1% |" in text
+    assert (tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.png").stat().st_size > 1000
+
+
+@pytest.mark.realdata
+def test_quick_run_lightly_peer(tmp_path, shared_data, monkeypatch):
+    if os.environ.get("MEDSSL_REQUIRE_BENCH") == "1":  # .ci/run's bench environment: the peer must run
+        import lightly  # noqa: F401
+    else:
+        pytest.importorskip("lightly", reason="the lightly peer needs the bench extra (see benchmarks/README.md)")
+    bench = load_bench()
+    monkeypatch.setenv("MEDSSL_SHARED_DATA", str(shared_data))
+    assert bench.main(["--quick", "--arms", "lightly_simclr", "--out", str(tmp_path / "res"),
+                       "--workdir", str(tmp_path / "work")]) == 0
+    report = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.json").read_text())
+    peer = report["pretraining"]["lightly_simclr"]
+    assert peer["steps"] == 2 and math.isfinite(peer["loss_last_epoch"])
+    card = json.loads((tmp_path / "work" / "pneumoniamnist" / "pretrain_lightly_simclr" / "encoder.json").read_text())
+    assert card["method"] == "lightly_simclr" and card["training"]["library"] == "lightly"
+    assert {r["method"] for r in report["records"]} == {f"lightly_simclr {e}" for e in bench.CLS_EVALS}
