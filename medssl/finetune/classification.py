@@ -148,6 +148,9 @@ class ClassificationFinetuner(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._set_encoder_frozen(self.encoder_frozen)
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)  # an augmented train set draws new, reproducible perturbations
 
     # --- steps ------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,8 @@ class ProtocolConfig:
     encoder. ``lr`` is the fine-tuning LR (``scratch_lr`` for scratch, default the same); ``patience`` counts
     validations without a better validation AUROC (null: no early stopping); ``min_steps`` stretches the epochs
     of small subsets (:func:`~medssl.finetune.classification.fit_classifier`); ``max_eval`` caps validation and
-    test.
+    test. ``augment``: ``finetune`` and ``scratch`` train on the labelled items perturbed anew every epoch by
+    :func:`~medssl.transforms.finetune_augment.finetune_augment` (small affine + intensity; no flips).
     """
 
     path: str
@@ -87,6 +88,7 @@ class ProtocolConfig:
     freeze_encoder_epochs: int = 0
     layer_decay: float = 1.0
     dropout: float = 0.0
+    augment: bool = False
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_C: float = 1.0
@@ -184,6 +186,8 @@ class ProtocolConfig:
             raise bad("weight_decay", "must be a number >= 0")
         if not isinstance(self.warmup, (int, float)) or self.warmup < 0:
             raise bad("warmup", "must be >= 0 (fraction of steps if < 1, else steps)")
+        if not isinstance(self.augment, bool):
+            raise bad("augment", "must be true or false")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise bad("dropout", "must lie in [0, 1)")
         if not isinstance(self.layer_decay, (int, float)) or not 0 < self.layer_decay <= 1:
@@ -314,7 +318,13 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
                 "wall_s": round(time.perf_counter() - t0, 2)}
     size = f"f{subset.fraction:g}" if subset.fraction is not None else f"n{subset.count}"
     run_dir = out_dir / "runs" / f"{method}_{size}_seed{subset.seed}" if cfg.keep_checkpoints else None
-    out = fit_classifier(cfg.encoder if method == "finetune" else None, architecture, Subset(train, idx), val, test,
+    labelled: Any = Subset(train, idx)
+    if cfg.augment:  # the same labelled items, perturbed anew every epoch (medssl.transforms.finetune_augment)
+        from medssl.transforms.finetune_augment import finetune_augment
+
+        labelled = MedMNISTDataset(train.path, "train", spatial_dims=train.spatial_dims, indices=idx, seed=subset.seed,
+                                   transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
+    out = fit_classifier(cfg.encoder if method == "finetune" else None, architecture, labelled, val, test,
                          mode="finetune", epochs=cfg.epochs, batch_size=cfg.batch_size,
                          lr=cfg.lr if method == "finetune" else (cfg.scratch_lr or cfg.lr), seed=subset.seed,
                          patience=cfg.patience, min_steps=cfg.min_steps, num_classes=num_classes,

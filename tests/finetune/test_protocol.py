@@ -129,3 +129,40 @@ def test_pneumoniamnist_probes_of_a_random_encoder(tmp_path, one_thread):
     print(json.dumps({f"{m}/{k}": round(v, 4) for (m, k), v in values.items()}))
     assert {r["n_labelled"] for r in records} == {471} and {r["split"] for r in records} == {"test"}
     assert values["linear_probe", "auroc"] > 0.8 and values["knn", "auroc"] > 0.8
+
+
+def test_augment_trains_on_perturbed_items_redrawn_each_epoch(fake_npz, tiny_card, tmp_path, one_thread,
+                                                               monkeypatch):
+    """augment: the fine-tuned and scratch runs see the labelled items through finetune_augment, a new draw per
+    epoch (the module calls set_epoch), while probes and evaluation use the plain images."""
+    import numpy as np
+
+    from medssl.data.medmnist import MedMNISTDataset
+
+    seen: list[tuple[int, int]] = []
+    original = MedMNISTDataset.set_epoch
+
+    def record(self, epoch):
+        if self.transform is not None:
+            seen.append((int(epoch), len(self)))
+        original(self, epoch)
+
+    monkeypatch.setattr(MedMNISTDataset, "set_epoch", record)
+    cfg = ProtocolConfig(path=str(fake_npz), encoder=str(tiny_card), fractions=[0.25], seeds=[0], epochs=3,
+                         batch_size=16, patience=None, methods=["finetune", "scratch"], augment=True, plot=False)
+    records = run_protocol(cfg, tmp_path, progress=False)
+    assert {r["method"] for r in records} == {"finetune", "scratch"}
+    assert sorted(e for e, _ in seen) == [0, 0, 1, 1, 2, 2]  # both methods, every epoch
+    assert {n for _, n in seen} == {15}
+    monkeypatch.undo()
+    # the items themselves differ between epochs, reproducibly
+    from medssl.transforms.finetune_augment import finetune_augment
+
+    ds = MedMNISTDataset(fake_npz, "train", indices=[0, 1], seed=0, transform=finetune_augment(2, (28, 28)))
+    first = ds[0]["image"].clone()
+    ds.set_epoch(1)
+    assert not np.allclose(first.numpy(), ds[0]["image"].numpy())
+    ds.set_epoch(0)
+    assert np.array_equal(first.numpy(), ds[0]["image"].numpy())
+    with pytest.raises(ProtocolConfigError, match="augment"):
+        ProtocolConfig(path=str(fake_npz), encoder=str(tiny_card), fractions=[0.25], augment="yes").validate()
