@@ -344,7 +344,8 @@ def code_state() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    changed = [ln[3:] for ln in git("status", "--porcelain", "--", "medssl").splitlines()]
+    # (porcelain lines are "XY path"; git() strips the output, which eats the first line's leading blank status)
+    changed = [ln.split(maxsplit=1)[-1] for ln in git("status", "--porcelain", "--", "medssl").splitlines()]
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_medssl_files": changed}
 
 

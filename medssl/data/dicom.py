@@ -9,21 +9,33 @@ syntaxes through pydicom's pylibjpeg / gdcm plugins), applies RescaleSlope/Inter
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pydicom
 
 from medssl.data.deid import new_salt
 from medssl.data.dicom_header import (
-    DEFAULT_MAX_VOXELS, DicomHeader, decoder_available, read_header, series_uid_of_damaged,
+    DEFAULT_MAX_VOXELS,
+    DicomHeader,
+    decoder_available,
+    read_header,
+    series_uid_of_damaged,
 )
-from medssl.data.geometry import TILT_TOL_DEG, FourDPolicy, StackGeometry, TiltPolicy, UnevenPolicy, plan_stack
+from medssl.data.geometry import (
+    TILT_TOL_DEG,
+    FourDPolicy,
+    StackGeometry,
+    TiltPolicy,
+    UnevenPolicy,
+    plan_stack,
+)
 from medssl.data.mosaic import split_mosaic
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, MedsslError, Reason
+
 
 def list_files(source) -> list[Path]:
     """Regular files under a folder (recursively, not following symlinked folders), a file, or a list."""
@@ -106,6 +118,9 @@ class DicomVolume:
         i = self.intercepts[None, None]
         whole = np.all(np.mod(self.slopes, 1) == 0) and np.all(np.mod(self.intercepts, 1) == 0)
         if whole and np.issubdtype(self.raw.dtype, np.integer):
+            fast = self._whole_rescale_16()
+            if fast is not None:
+                return fast
             work = np.int32 if self.raw.dtype.itemsize <= 2 and np.abs(self.slopes).max() < 2**14 else np.int64
             out = self.raw.astype(work) * s.astype(work) + i.astype(work)
             for dtype in (np.int16, np.int32):
@@ -114,6 +129,27 @@ class DicomVolume:
                     return out.astype(dtype)
         out = self.raw.astype(np.float64) * s + i
         return out.astype(np.float32)
+
+    def _whole_rescale_16(self) -> np.ndarray | None:
+        """The whole-number rescale of :meth:`values` in 16-bit arithmetic when its result fits int16 (CT's usual
+        slope 1, intercept -1024), or None. The result's range follows exactly from each slice's stored min/max
+        (a linear map per slice), so the dtype is chosen without materialising int32 values; computing modulo
+        2**16 then gives exactly the int32 path's values, since they fit. About 3x less memory traffic."""
+        if self.raw.dtype.itemsize > 2 or self.raw.size == 0:
+            return None
+        axes = (0, 1)  # raw is (X, Y, Z[, T]); slopes and intercepts (Z[, T])
+        if np.abs(self.slopes).max() >= 2**14 or np.abs(self.intercepts).max() >= 2**30:
+            return None  # leave the int32 path's own limits (and any overflow) to it; checked before any cast
+        lo_raw, hi_raw = self.raw.min(axis=axes).astype(np.int64), self.raw.max(axis=axes).astype(np.int64)
+        slopes, inters = self.slopes.astype(np.int64), self.intercepts.astype(np.int64)
+        ends = np.stack([lo_raw * slopes + inters, hi_raw * slopes + inters])
+        info = np.iinfo(np.int16)
+        if ends.min() < info.min or ends.max() > info.max:
+            return None
+        out = self.raw.astype(np.int16)  # (uint values wrap: exact modulo 2**16, as everything below)
+        out *= (slopes & 0xFFFF).astype(np.uint16).view(np.int16)[None, None]
+        out += (inters & 0xFFFF).astype(np.uint16).view(np.int16)[None, None]
+        return out
 
 
 _NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
@@ -277,8 +313,8 @@ def read_dicom_series(source, **kwargs):
 
     Keyword arguments are those of :func:`read_dicom_volume` (``series``, ``tilt``, ``uneven``, ``fourd``...).
     """
-    from monai.data import MetaTensor
     import torch
+    from monai.data import MetaTensor
 
     volume, affine, meta = read_dicom_volume(source, **kwargs)
     data = volume.values()
@@ -291,5 +327,12 @@ def read_dicom_series(source, **kwargs):
     return MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(affine), meta=meta)  # strided view, no copy
 
 
-__all__ = ["read_dicom_series", "read_dicom_volume", "find_series", "scan_headers", "list_files", "DicomVolume",
-           "MedsslError"]
+__all__ = [
+    "DicomVolume",
+    "MedsslError",
+    "find_series",
+    "list_files",
+    "read_dicom_series",
+    "read_dicom_volume",
+    "scan_headers",
+]
