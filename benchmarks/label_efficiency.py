@@ -335,6 +335,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
                      "seeds": seeds, "fractions": fractions if ds.kind == "cls" else None,
                      "counts": counts if ds.kind == "seg" else None, "quick": args.quick,
                      "threads": torch.get_num_threads(), "finetune_overrides": args.finetune_override,
+                     "protocol_overrides": args.protocol_override,
                      "tag": args.tag},
         "data": {"path": str(data_path)}, "pretraining": {}, "records": [], "complete": False,
     }
@@ -351,7 +352,8 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
         for arm in arms:
             t0 = time.perf_counter()
             print(f"== evaluate {arm} on {ds.name}", flush=True)
-            extra = dict(args.finetune_override_map) if arm != "scratch" else {}
+            extra = {**args.protocol_override_map,
+                     **(args.finetune_override_map if arm != "scratch" else {})}
             if ds.kind == "cls":
                 result = evaluate_cls(arm, ds, data_path, cards.get(arm), seeds, fractions, eval_root,
                                       args.quick, extra)
@@ -398,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fractions", nargs="+", type=float, default=None, help="default: the dataset's")
     parser.add_argument("--counts", nargs="+", type=int, default=None, help="labelled cases (segmentation)")
+    parser.add_argument("--protocol-override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="protocol fields for every arm, scratch included, e.g. augment=true")
     parser.add_argument("--finetune-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="protocol fields for the pretrained arms' evaluation, e.g. freeze_encoder_epochs=5")
     parser.add_argument("--tag", default="", help="output name suffix: label_efficiency_<dataset>_<tag>.*")
@@ -408,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     args.finetune_override_map = dict(_parse_override(t) for t in args.finetune_override)
+    args.protocol_override_map = dict(_parse_override(t) for t in args.protocol_override)
     for name in args.datasets:
         run_dataset(DATASETS[name], args, Path(args.workdir))
     return 0
