@@ -8,7 +8,9 @@ into ``--workdir`` and reused while present. Per archive, after one untimed read
     first index  ``build_index(reuse=False)`` into an empty index folder: crawl, every header, stack validation,
                  manifests and header cache written
     re-index     ``build_index(reuse=True)`` into the same folder with nothing changed: headers come from the
-                 header cache (stat-keyed), so the run costs a crawl, a stat per file and the manifests
+                 header cache (stat-keyed) and stack verdicts from the assessment cache
+                 (:mod:`medssl.data.assess_cache`), and unchanged manifests are not rewritten, so the run costs a
+                 crawl, a stat per file, loading the caches and comparing the manifests
 
 Reported: seconds, files/s, the per-file cost relative to the smallest archive (linear growth = 1.0; above 1 the
 cost per file grows with the archive) and re-index / first index. Each number is the best of ``--repeats``.
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                   ("Archives are generated before any timing (not timed) and each is read once untimed, so the page "
                   "cache is warm: the numbers are CPU cost of the index, not disk speed."),
                   ("First index: reuse=False into an emptied index folder (every header parsed); re-index: "
-                  "reuse=True on the unchanged archive (headers from the stat-keyed header cache)."),
+                  "reuse=True on the unchanged archive (headers from the stat-keyed header cache, stack verdicts from the assessment cache, unchanged manifests not rewritten)."),
                   (f"Verdicts: growth 'linear' when per-file cost largest/smallest <= {LINEAR_MAX}; re-index 'far "
                   f"below' when re-index/first <= {REINDEX_MAX} on the largest archive.")]}
     args.out.mkdir(parents=True, exist_ok=True)

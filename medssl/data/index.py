@@ -9,7 +9,9 @@
   described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
   settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers keyed by a salted hash of the
-  relative path, reused while a file's ``(size, mtime_ns)`` is unchanged).
+  relative path, reused while a file's ``(size, mtime_ns)`` is unchanged); ``.assessments.json``: each group of
+  files' stack assessments (:mod:`medssl.data.assess_cache`), reused while its files, their stat keys and the
+  settings are unchanged. A manifest whose content would not change is not rewritten (``unchanged_outputs``).
 - with ``dedup=True`` (``medssl index --dedup``): ``duplicates.csv`` and duplicate statuses, see
   :mod:`medssl.data.dedup`.
 
@@ -43,6 +45,7 @@ from pathlib import Path
 from pydicom.uid import UID
 
 from medssl import __version__
+from medssl.data.assess_cache import AssessCache, Outcome, group_base
 from medssl.data.atomic import atomic_write_text
 from medssl.data.crawl import Found, crawl
 from medssl.data.dedup import (
@@ -103,6 +106,9 @@ class IndexResult:
     elapsed_s: float
     timings: dict[str, float] = field(default_factory=dict)
     duplicates: list[dict] = field(default_factory=list)  # rows of duplicates.csv (dedup runs only)
+    stacks_assessed: int = 0  # stacks grouped, planned and validated in this run
+    stacks_reused: int = 0  # stacks whose assessment came from the assessment cache (unchanged files and settings)
+    unchanged_outputs: list[str] = field(default_factory=list)  # manifests / caches not rewritten: same content
 
     @property
     def files_csv(self) -> Path:
@@ -125,7 +131,8 @@ class IndexResult:
         reasons = ", ".join(f"{k} {v}" for k, v in self.reason_counts.items()) or "none"
         return (f"seen {self.seen} = indexed {self.indexed} + skipped {self.skipped} ({reasons}); "
                 f"{len(self.series)} series, {len(self.rejected)} rejected; headers read {self.headers_read}, "
-                f"reused {self.headers_reused}; " + (f"{len(self.duplicates)} duplicates; " if self.duplicates else "")
+                f"reused {self.headers_reused}; stacks assessed {self.stacks_assessed}, reused {self.stacks_reused}; "
+                + (f"{len(self.duplicates)} duplicates; " if self.duplicates else "")
                 + f"{self.elapsed_s:.1f} s")
 
 
@@ -217,14 +224,16 @@ def _cache_stamp(archive: Path, salt: str) -> dict:
             "salt_check": hash_identifier("medssl-header-cache", salt)}
 
 
-def _load_cache(out_dir: Path, stamp: dict) -> dict:
+def _load_cache(out_dir: Path, stamp: dict) -> dict | None:
+    """The cached entries, or None when there is no usable cache (absent, corrupt, or another stamp)."""
     try:
         data = json.loads((out_dir / CACHE_FILE).read_text())
     except (OSError, ValueError):
-        return {}
+        return None
     if not isinstance(data, dict) or any(data.get(k) != v for k, v in stamp.items()):
-        return {}
-    return data.get("files", {})
+        return None
+    files = data.get("files")
+    return files if isinstance(files, dict) else None
 
 
 # ------------------------------------------------------------------------------------------------------ stacks
@@ -252,38 +261,89 @@ def _series_row(key: str, stack: Stack, geom: StackGeometry, salt: str) -> dict:
             "patient_key": patient_key, "patient_key_source": patient_source}
 
 
-def _assess(stacks: list[Stack], salt: str, archive: Path, policy: dict, damaged: Counter | None = None):
-    """Stacks -> (per-path (status, reason, key), series rows, rejected rows). ``damaged`` counts truncated files
-    per (hashed) SeriesInstanceUID: a series that lost a file is refused, never indexed one slice short."""
-    placed: dict[str, tuple[str, str, str]] = {}
-    series, rejected = [], []
-    damaged = damaged or Counter()
-    for stack in stacks:
+def _assess_stack(stack: Stack, key: str, salt: str, archive: Path, policy: dict,
+                  n_damaged: int) -> tuple[str, str, dict | None, dict | None]:
+    """One stack -> (status, reason, series row or None, rejected row or None); every file of the stack shares the
+    status. ``n_damaged`` counts truncated files of its (hashed) SeriesInstanceUID: a series that lost a file is
+    refused, never indexed one slice short."""
+    if stack.first.is_localizer:
+        return "skipped", Reason.LOCALIZER.value, None, None
+    try:
+        if stack.n_orientations > 1:  # as the reader does: never index part of a series as if it were whole
+            raise DicomSeriesError(Reason.MIXED_ORIENTATION,
+                                   f"the series holds {stack.n_orientations} slice orientations")
+        if n_damaged:
+            raise DicomSeriesError(Reason.TRUNCATED, f"{n_damaged} file(s) of this series are truncated")
+        bad = sorted({h.transfer_syntax for h in stack.headers if not decoder_available(h.transfer_syntax)})
+        if bad:
+            names = ", ".join(UID(ts).name or ts for ts in bad)
+            raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no pixel decoder available for {names}")
+        geom = plan_stack(stack.headers, **policy)
+    except DicomSeriesError as exc:
+        message = exc.detail.replace(str(archive), "<archive>")
+        return "skipped", exc.reason.value, None, {"series_key": key, "reason": exc.reason.value,
+                                                   "n_files": len(stack.headers), "message": message}
+    return "indexed", "", _series_row(key, stack, geom, salt), None
+
+
+def _assess_group(base: tuple, members: list[Found], records: dict[str, tuple], salt: str, archive: Path,
+                  policy: dict, n_damaged: int) -> list[Outcome]:
+    """Group the members' headers into stacks and assess each; the stacks must carry ``base`` (see
+    :func:`~medssl.data.assess_cache.group_base`), else the cache would hold groups that grouping does not make."""
+    headers = [_header_from_record(records[f.rel][0], f.path) for f in members]
+    position = {f.path: i for i, f in enumerate(members)}
+    outcomes = []
+    for stack in group_headers(headers):
+        if stack.raw_key[:-1] != base:
+            raise AssertionError(f"group_base {base!r} disagrees with group_headers {stack.raw_key[:-1]!r}")
         key = stack.public_key(salt)
-        if stack.first.is_localizer:
-            placed.update((h.path, ("skipped", Reason.LOCALIZER.value, key)) for h in stack.headers)
-            continue
-        try:
-            if stack.n_orientations > 1:  # as the reader does: never index part of a series as if it were whole
-                raise DicomSeriesError(Reason.MIXED_ORIENTATION,
-                                       f"the series holds {stack.n_orientations} slice orientations")
-            if damaged[stack.first.series_uid]:
-                raise DicomSeriesError(Reason.TRUNCATED,
-                                       f"{damaged[stack.first.series_uid]} file(s) of this series are truncated")
-            bad = sorted({h.transfer_syntax for h in stack.headers if not decoder_available(h.transfer_syntax)})
-            if bad:
-                names = ", ".join(UID(ts).name or ts for ts in bad)
-                raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no pixel decoder available for {names}")
-            geom = plan_stack(stack.headers, **policy)
-        except DicomSeriesError as exc:
-            message = exc.detail.replace(str(archive), "<archive>")
-            rejected.append({"series_key": key, "reason": exc.reason.value, "n_files": len(stack.headers),
-                             "message": message})
-            placed.update((h.path, ("skipped", exc.reason.value, key)) for h in stack.headers)
-            continue
-        series.append(_series_row(key, stack, geom, salt))
-        placed.update((h.path, ("indexed", "", key)) for h in stack.headers)
-    return placed, series, rejected
+        status, reason, row, rejected = _assess_stack(stack, key, salt, archive, policy, n_damaged)
+        order = (stack.first.series_number or 0, stack.first.echo_number or 0, str(stack.raw_key))
+        outcomes.append(Outcome(order, tuple(position[h.path] for h in stack.headers), status, reason, key, row,
+                                rejected))
+    return outcomes
+
+
+def _assess(found: list[Found], records: dict[str, tuple], copies: dict, salt: str, archive: Path, policy: dict,
+            damaged: Counter, cache: AssessCache):
+    """Every grouped file -> (per-path (status, reason, key), series rows, rejected rows), in the stack order of
+    :func:`~medssl.data.series.group_headers`. Groups whose cache key (members with their stat keys, policy, damage
+    count, decodable transfer syntaxes) is in ``cache`` are not assessed again; returns the numbers of stacks
+    (assessed, reused) too."""
+    groups: dict[tuple, list[Found]] = {}
+    for f in found:  # found is sorted by relative path, and so is each group
+        rec = records.get(f.rel, (None,))[0]
+        if rec and f.rel not in copies:
+            groups.setdefault(group_base(rec), []).append(f)
+    decodable: dict[str, bool] = {}
+    placed: dict[str, tuple[str, str, str]] = {}
+    done: list[tuple[Outcome, list[Found]]] = []
+    assessed = reused = 0
+    for base, members in groups.items():
+        syntaxes = sorted({records[f.rel][0]["transfer_syntax"] for f in members})
+        for ts in syntaxes:  # installing a decoder plugin must re-assess the series it would decode
+            if ts not in decodable:
+                decodable[ts] = decoder_available(ts)
+        material = [sorted(policy.items()), damaged[base[0]], [(ts, decodable[ts]) for ts in syntaxes],
+                    [(f.rel, f.size, f.mtime_ns) for f in members]]
+        gkey = cache.group_key(material)
+        outcomes = cache.get(gkey, len(members))
+        if outcomes is None:
+            outcomes = _assess_group(base, members, records, salt, archive, policy, damaged[base[0]])
+            cache.put(gkey, outcomes)
+            assessed += len(outcomes)
+        else:
+            reused += len(outcomes)
+        done.extend((o, members) for o in outcomes)
+    done.sort(key=lambda item: item[0].order)
+    series, rejected = [], []
+    for o, members in done:
+        placed.update((members[i].path, (o.status, o.reason, o.key)) for i in o.members)
+        if o.series_row is not None:
+            series.append(dict(o.series_row))  # copies: dedup marks statuses in these rows, not in the cache's
+        if o.rejected_row is not None:
+            rejected.append(dict(o.rejected_row))
+    return placed, series, rejected, assessed, reused
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -295,6 +355,19 @@ def _csv_text(columns: tuple[str, ...], rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _write_if_changed(path: Path, text: str) -> bool:
+    """Atomically write ``text`` unless ``path`` already holds exactly it (a re-index of an unchanged archive then
+    leaves the manifests, and their modification times, alone); True when written."""
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
 def _typed(row: dict) -> dict:
     out = {}
     for k, v in row.items():
@@ -302,13 +375,14 @@ def _typed(row: dict) -> dict:
     return out
 
 
-def _lookup(found: list[Found], cache: dict, salt: str) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
-    """Cached ``rel -> (record or None, reason)`` for files whose (size, mtime_ns) is unchanged; the rest to read."""
+def _lookup(found: list[Found], cache: dict, keys: dict[str, str]) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
+    """Cached ``rel -> (record or None, reason)`` for files whose (size, mtime_ns) is unchanged; the rest to read.
+    ``keys``: each readable file's cache key (salted hash of its relative path)."""
     records, todo = {}, []
     for f in found:
         if f.reason:
             continue
-        hit = cache.get(hash_identifier(f.rel, salt, 32))
+        hit = cache.get(keys[f.rel])
         if (isinstance(hit, dict) and hit.get("size") == f.size and hit.get("mtime_ns") == f.mtime_ns
                 and (hit.get("reason") or set(hit.get("header") or ()) == set(_HEADER_FIELDS))):
             records[f.rel] = (hit.get("header"), hit.get("reason", ""))
@@ -317,17 +391,18 @@ def _lookup(found: list[Found], cache: dict, salt: str) -> tuple[dict[str, tuple
     return records, todo
 
 
-def _cache_entries(found: list[Found], records: dict[str, tuple], salt: str) -> dict[str, dict]:
+def _cache_entries(found: list[Found], records: dict[str, tuple], keys: dict[str, str]) -> dict[str, dict]:
     """Cache content: headers and content-determined skip reasons of the files that exist now, keyed by a salted
     hash of the relative path (the cache holds no file or folder names)."""
     entries = {}
     for f in found:
+        if f.reason:  # ruled out by the walk: never read, never cached
+            continue
         rec, reason = records.get(f.rel, (None, ""))
-        key = hash_identifier(f.rel, salt, 32)
         if rec is not None:
-            entries[key] = {"size": f.size, "mtime_ns": f.mtime_ns, "header": rec}
-        elif reason and not f.reason and reason not in _TRANSIENT:
-            entries[key] = {"size": f.size, "mtime_ns": f.mtime_ns, "reason": reason}
+            entries[keys[f.rel]] = {"size": f.size, "mtime_ns": f.mtime_ns, "header": rec}
+        elif reason and reason not in _TRANSIENT:
+            entries[keys[f.rel]] = {"size": f.size, "mtime_ns": f.mtime_ns, "reason": reason}
     return entries
 
 
@@ -363,8 +438,11 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
     found = crawl(archive, exclude=out_dir)
     timings["crawl_s"] = time.perf_counter() - t0
     stamp = _cache_stamp(archive, salt)
-    records, todo = _lookup(found, _load_cache(out_dir, stamp) if reuse else {}, salt)
+    cached = _load_cache(out_dir, stamp) if reuse else None
+    keys = {f.rel: hash_identifier(f.rel, salt, 32) for f in found if not f.reason}  # computed once: 20k HMACs
+    records, todo = _lookup(found, cached or {}, keys)
     t1 = time.perf_counter()
+    timings["lookup_s"] = t1 - t0 - timings["crawl_s"]  # header cache load, path keys, stat comparison
     records.update(_read_all(todo, salt, workers, show))
     timings["read_s"] = time.perf_counter() - t1
 
@@ -372,12 +450,13 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
     # byte-identical copies are set aside before grouping (a copied slice is not a second slice at its position)
     copies = duplicate_files([(f.rel, f.path, f.size) for f in found if records.get(f.rel, (None,))[0]]) \
         if dedup else {}
-    headers = [_header_from_record(rec, f.path) for f in found
-               if (rec := records.get(f.rel, (None,))[0]) and f.rel not in copies]
     damaged = Counter(hash_identifier(uid, salt) for f in found
                       if records.get(f.rel, (None, ""))[1] == Reason.TRUNCATED.value
                       and (uid := series_uid_of_damaged(f.path)))
-    placed, series, rejected = _assess(group_headers(headers), salt, archive, policy, damaged)
+    assessments = AssessCache(out_dir, archive=archive, salt=salt, reuse=reuse, series_columns=SERIES_COLUMNS,
+                              rejected_columns=REJECTED_COLUMNS)
+    placed, series, rejected, stacks_assessed, stacks_reused = _assess(found, records, copies, salt, archive, policy,
+                                                                       damaged, assessments)
     timings["assess_s"] = time.perf_counter() - t2
 
     duplicates, not_compared = [], 0
@@ -404,15 +483,20 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
     reason_counts = dict(sorted(Counter(r["reason"] for r in rows if r["status"] == "skipped").items()))
 
     t3 = time.perf_counter()
-    atomic_write_text(out_dir / "files.csv", _csv_text(FILES_COLUMNS, rows))
-    atomic_write_text(out_dir / "series.csv", _csv_text(SERIES_COLUMNS, series))
-    atomic_write_text(out_dir / "rejected_series.csv", _csv_text(REJECTED_COLUMNS, rejected))
+    outputs = {"files.csv": _csv_text(FILES_COLUMNS, rows), "series.csv": _csv_text(SERIES_COLUMNS, series),
+               "rejected_series.csv": _csv_text(REJECTED_COLUMNS, rejected)}
     if dedup:
-        atomic_write_text(out_dir / "duplicates.csv", _csv_text(DUPLICATES_COLUMNS, duplicates))
+        outputs["duplicates.csv"] = _csv_text(DUPLICATES_COLUMNS, duplicates)
     else:
         (out_dir / "duplicates.csv").unlink(missing_ok=True)  # a stale report would contradict series.csv
-    atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": _cache_entries(found, records, salt)},
-                                                   separators=(",", ":")))
+    unchanged = [name for name, text in outputs.items() if not _write_if_changed(out_dir / name, text)]
+    entries = _cache_entries(found, records, keys)
+    if entries != cached:  # None (no usable cache) never equals; an unchanged archive rebuilds the same entries
+        atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": entries}, separators=(",", ":")))
+    else:
+        unchanged.append(CACHE_FILE)
+    if not assessments.save():
+        unchanged.append(assessments.path.name)
     timings["write_s"] = time.perf_counter() - t3
     elapsed = time.perf_counter() - t0
     timings["total_s"] = elapsed
@@ -420,7 +504,8 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
                          reason_counts=reason_counts, series=series, rejected=rejected, headers_read=len(todo),
                          headers_reused=len(found) - len(todo) - sum(bool(f.reason) for f in found),
                          elapsed_s=elapsed, timings={k: round(v, 4) for k, v in timings.items()},
-                         duplicates=duplicates)
+                         duplicates=duplicates, stacks_assessed=stacks_assessed, stacks_reused=stacks_reused,
+                         unchanged_outputs=sorted(unchanged))
     usable = [s for s in series if s["status"] in USABLE_STATUSES]
     kinds = Counter(r["kind"] for r in duplicates)
     summary = {
@@ -429,7 +514,10 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
         "counts": {"seen": seen, "indexed": indexed, "skipped": skipped, "n_series": len(series),
                    "n_usable_series": len(usable), "n_patients": len({s["patient_key"] for s in usable}),
                    "n_rejected_series": len(rejected), "headers_read": result.headers_read,
-                   "headers_reused": result.headers_reused},
+                   "headers_reused": result.headers_reused, "stacks_assessed": stacks_assessed,
+                   "stacks_reused": stacks_reused},
+        # outputs left as they were because their content would not change (index.json is always written)
+        "unchanged_outputs": result.unchanged_outputs,
         "reason_counts": reason_counts,
         "patient_key_sources": dict(sorted(Counter(s["patient_key_source"] for s in series).items())),
         "settings": {**policy, "workers": workers, "reuse": reuse, "dedup": dedup},
