@@ -82,7 +82,8 @@ DATASETS = {
                                  "adrenalmnist3d_protocol.yaml", "medmnist/adrenal3d_cpu.yaml", None,
                                  fractions=(0.1,), batch_size=16,
                                  overrides={"views": "--data.views.init_args.global_size=[64, 64, 64]"}),
-    "hippocampus": Dataset("hippocampus", "seg", "hippocampus", "hippocampus_protocol.yaml", counts=(5, 20)),
+    "hippocampus": Dataset("hippocampus", "seg", "hippocampus", "hippocampus_protocol.yaml", counts=(5, 20),
+                           batch_size=24),  # the batch of configs/pretrain/hippocampus/*_basicunet_cpu.yaml
 }
 
 

@@ -88,6 +88,17 @@ def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch):
     assert text.startswith("# Label efficiency side by side: pneumoniamnist") and "| simclr finetune | 1% |" in text
     assert (tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.png").stat().st_size > 1000
 
+    # --reuse: the same arm and budget is not pretrained again; --tag keeps the first results
+    card = (tmp_path / "work" / "pneumoniamnist" / "pretrain_simclr" / "encoder.json").read_bytes()
+    assert bench.main(["--quick", "--arms", "simclr", "--reuse", "--tag", "again", "--protocol-override",
+                       "augment=true", "--out", str(tmp_path / "res"), "--workdir", str(tmp_path / "work")]) == 0
+    again = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist_again_quick.json").read_text())
+    assert again["pretraining"]["simclr"]["reused"] is True
+    assert again["settings"]["protocol_overrides"] == ["augment=true"]
+    assert (tmp_path / "work" / "pneumoniamnist" / "pretrain_simclr" / "encoder.json").read_bytes() == card
+    first = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.json").read_text())
+    assert "scratch" in {r["method"] for r in first["records"]}  # the untagged results were not overwritten
+
 
 @pytest.mark.realdata
 def test_quick_run_lightly_peer(tmp_path, shared_data, monkeypatch):
