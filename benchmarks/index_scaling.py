@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import code_state, machine  # shared by every benchmark
+from ingest import code_state, generated_workload, machine  # shared by every benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 #: verdict thresholds: per-file cost of the largest archive / the smallest, and re-index / first index
@@ -42,29 +42,9 @@ REINDEX_MAX = 0.2
 
 
 def archive(workdir: Path, n_files: int, slices: int, size: int) -> tuple[Path, int, int]:
-    """(root, files, bytes) of a phantom archive of ``n_files`` files, written once and reused while current."""
-    from medssl.data.phantoms import (
-        SPACINGS,
-        make_phantom,
-        phantom_affine,
-        write_dicom_series,
-    )
-
-    n_series = max(1, round(n_files / slices))
-    root = workdir / f"archive-{n_series}x{slices}x{size}px"
-    marker = workdir / f"{root.name}.json"  # beside the archive, not in it: the index would count it
-    params = {"n_series": n_series, "slices": slices, "size": size, "generator": "medssl.data.phantoms"}
-    if not (marker.is_file() and json.loads(marker.read_text()) == params):
-        shutil.rmtree(root, ignore_errors=True)
-        t0 = time.perf_counter()
-        for i in range(n_series):
-            shape, spacing = (size, size, slices), SPACINGS[i % len(SPACINGS)]
-            image, _ = make_phantom(shape, spacing, seed=i)
-            write_dicom_series(image, phantom_affine(shape, spacing), root / f"series_{i:04d}", series_number=i + 1,
-                               patient_id=f"SCALE-{i:05d}", seed=i)
-            print(f"\r  generating {root.name}: series {i + 1}/{n_series}", end="", file=sys.stderr, flush=True)
-        print(f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-        marker.write_text(json.dumps(params))
+    """(root, files, bytes) of a phantom archive of ``n_files`` files, written once and reused while current (the
+    generator of benchmarks/ingest.py, so both benchmarks measure the same kind of archive)."""
+    root = generated_workload(workdir, n_files, size, slices).root
     files = [p for p in root.rglob("*") if p.is_file()]
     return root, len(files), sum(p.stat().st_size for p in files)
 
