@@ -118,14 +118,20 @@ def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
         err = np.nan_to_num(np.array([r["std"] for r in mine]))[order]
         ax.errorbar(xs[order], ys, yerr=err, marker="o", capsize=3, label=method)
     ticks = sorted({r["n_labelled"] / scale for r in rows})
+    # a fraction's tick reads as requested (1%), not as the realised share of the split (47 / 4708 = 0.998%)
+    nominal = {r["n_labelled"] / scale: r["fraction"] for r in rows if r.get("fraction") is not None}
     ax.set_xscale("log")
     if len(ticks) == 1:  # one budget: give the dodged points room
         ax.set_xlim(ticks[0] / 1.4, ticks[0] * 1.4)
-    ax.set_xticks(ticks, [f"{100 * t:.3g}%" if x == "fraction" else f"{t:g}" for t in ticks])
+    ax.set_xticks(ticks, [f"{100 * nominal.get(t, t):.3g}%" if x == "fraction" else f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("labelled fraction of the train split" if x == "fraction" else "labelled training cases")
     ax.set_ylabel(f"{result.get('split', 'test')} {METRIC_TITLES.get(metric, metric)}")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if len(methods) > 4:  # many methods: the legend beside the axes, where it hides no point
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+        fig.set_size_inches(8.5, 4.0)
+    else:
+        ax.legend()
     ax.set_title(f"label efficiency: {result['dataset']}")
     return save_png(fig, path)
