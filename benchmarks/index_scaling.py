@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import code_state, generated_workload, machine  # shared by every benchmark
+from ingest import code_line, code_state, generated_workload, machine, write_results  # shared by every benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 #: verdict thresholds: per-file cost of the largest archive / the smallest, and re-index / first index
@@ -80,12 +79,6 @@ def measure(root: Path, index_dir: Path, workers: int, repeats: int) -> dict:
             "reindex_headers_read": r_again.headers_read, "reindex_headers_reused": r_again.headers_reused}
 
 
-def _code(report: dict) -> str:
-    code = report.get("code") or {}
-    return (f"Code: commit {code.get('commit')}, uncommitted changes under medssl/: "
-            f"{', '.join(code.get('uncommitted_medssl_files') or []) or 'none'}.")
-
-
 def markdown(report: dict) -> str:
     m, s, v = report["machine"], report["settings"], report["verdict"]
     lines = ["# Cost growth: build_index time vs archive size, re-index of an unchanged archive", "",
@@ -109,7 +102,7 @@ def markdown(report: dict) -> str:
         f, g = r["first_timings"], r["reindex_timings"]
         cells = [f"{t.get(k, 0.0):.2f}" for t in (f, g) for k in ("crawl_s", "read_s", "assess_s", "write_s")]
         lines.append(f"| {r['files']} | " + " | ".join(cells) + " |")
-    lines += ["", "Notes:", "", *[f"- {n}" for n in report["notes"]], "", _code(report), ""]
+    lines += ["", "Notes:", "", *[f"- {n}" for n in report["notes"]], "", code_line(report), ""]
     return "\n".join(lines)
 
 
@@ -164,14 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                   ("Archives are generated before any timing (not timed) and each is read once untimed, so the page "
                   "cache is warm: the numbers are CPU cost of the index, not disk speed."),
                   ("First index: reuse=False into an emptied index folder (every header parsed); re-index: "
-                  "reuse=True on the unchanged archive (headers from the stat-keyed header cache, stack verdicts from the assessment cache, unchanged manifests not rewritten)."),
+                  "reuse=True on the unchanged archive (headers from the stat-keyed header cache, stack verdicts "
+                  "from the assessment cache, unchanged manifests not rewritten)."),
                   (f"Verdicts: growth 'linear' when per-file cost largest/smallest <= {LINEAR_MAX}; re-index 'far "
                   f"below' when re-index/first <= {REINDEX_MAX} on the largest archive.")]}
-    args.out.mkdir(parents=True, exist_ok=True)
     name = "index_scaling_quick" if args.quick else "index_scaling"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_results(args.out, name, report, markdown))
     return 0
 
 

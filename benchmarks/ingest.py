@@ -349,6 +349,23 @@ def code_state() -> dict:
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_medssl_files": changed}
 
 
+
+def code_line(report: dict) -> str:
+    """The markdown line naming the measured commit and any uncommitted medssl/ files (``report["code"]``)."""
+    code = report.get("code") or {}
+    return (f"Code: commit {code.get('commit')}, uncommitted changes under medssl/: "
+            f"{', '.join(code.get('uncommitted_medssl_files') or []) or 'none'}.")
+
+
+def write_results(out: Path, name: str, report: dict, markdown) -> str:
+    """Write ``out/<name>.json`` (every number) and ``out/<name>.md`` (``markdown(report)``); return the markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    return text
+
 def _busy_cpu_s() -> float:
     """CPU seconds all processes on the machine spent so far (``/proc/stat``), or 0 where unavailable."""
     try:
@@ -499,9 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                           "ratio": ratio, "target": TARGET,
                           "status": "PASS" if ratio is not None and ratio >= TARGET else "BELOW TARGET"}
     report["notes"] = NOTES if "real" in report["workloads"] else NOTES[:-1]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ingest.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "ingest.md").write_text(markdown(report))
+    write_results(args.out, "ingest", report, markdown)
     print_table(report)
     print(f"\nwrote {args.out / 'ingest.json'} and {args.out / 'ingest.md'}")
     return 0

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import code_state, machine  # shared by every benchmark
+from ingest import code_line, code_state, machine, write_results  # shared by every benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -346,12 +346,6 @@ def medmnist_overrides(args: argparse.Namespace) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- reporting
-def _code(report: dict) -> str:
-    code = report.get("code") or {}
-    return (f"Code: commit {code.get('commit')}, uncommitted changes under medssl/: "
-            f"{', '.join(code.get('uncommitted_medssl_files') or []) or 'none'}.")
-
-
 def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / GIB:.2f}"
 
@@ -397,7 +391,7 @@ def markdown(report: dict) -> str:
                          f"{_gib(best['peak_bytes'] if best else None)} | {est.get('per_sample_mib', '-')} | "
                          f"{est.get('max_batch', '-')} | {r['stopped_by'] or 'bisection'} |")
     lines += ["", "Notes:", "", *[f"- {n}" for n in report["notes"]], "",
-              f"Run: {report['wall_s']} s; settings: " + json.dumps(report["settings"]), "", _code(report), ""]
+              f"Run: {report['wall_s']} s; settings: " + json.dumps(report["settings"]), "", code_line(report), ""]
     return "\n".join(lines)
 
 
@@ -482,11 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                   "probes) is an extrapolation, not a measurement."),
                   ("On CUDA the cap and the table use torch.cuda.max_memory_allocated (the caching allocator's "
                    "reserve is higher); this run used " + args.device + ".")]}
-    args.out.mkdir(parents=True, exist_ok=True)
     name = "memory_quick" if args.quick else "memory"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_results(args.out, name, report, markdown))
     return 0
 
 

@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import machine  # noqa: E402  (one machine description for every benchmark)
+from ingest import machine, write_results  # noqa: E402  (one machine description for every benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.05
@@ -189,12 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         "non-finite check, logging calls; SimCLR also computes its per-step collapse diagnostics); "
                         "no loggers, checkpoints or progress bar in either arm.",
                         f"Median of {args.repeats} alternating rounds; per-step times of every round are in the JSON."]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "overhead_quick" if args.quick else "overhead"
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_results(Path(args.out), name, report, markdown))
     return 0
 
 

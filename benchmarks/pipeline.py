@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import code_state, machine  # shared by every benchmark
+from ingest import code_line, code_state, machine, write_results  # shared by every benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 3.0
@@ -284,12 +284,6 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- reporting
-def _code(report: dict) -> str:
-    code = report.get("code") or {}
-    return (f"Code: commit {code.get('commit')}, uncommitted changes under medssl/: "
-            f"{', '.join(code.get('uncommitted_medssl_files') or []) or 'none'}.")
-
-
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -313,7 +307,7 @@ def markdown(report: dict) -> str:
     lines += ["", "Configs:", ""]
     lines += [f"- `{c['config']}`: {c['label']} ({' + '.join(c['files'])}); {c['train_items']} training items"
               for c in report["results"]]
-    lines += ["", "Notes:", "", *[f"- {n}" for n in report["notes"]], "", _code(report), ""]
+    lines += ["", "Notes:", "", *[f"- {n}" for n in report["notes"]], "", code_line(report), ""]
     return "\n".join(lines)
 
 
@@ -378,11 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                   ("The 3D configs read "
                   f"{args.phantoms} phantoms of {'x'.join(map(str, args.phantom_shape))} voxels "
                   "(medssl.data.phantoms, indexed with build_index); the demo itself uses 4.")]}
-    args.out.mkdir(parents=True, exist_ok=True)
     name = "pipeline_quick" if args.quick else "pipeline"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_results(args.out, name, report, markdown))
     return 0
 
 
