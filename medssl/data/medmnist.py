@@ -14,6 +14,7 @@ train split, 64^3, is about 0.3 GB of uint8).
 """
 from __future__ import annotations
 
+import copy
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -161,6 +162,17 @@ class MedMNISTDataset(Dataset):
             else:
                 self._num_classes = max(int(v.max(initial=0)) for v in labels.values()) + 1
         return self._num_classes
+
+    def subset(self, indices: Sequence[int], *, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+               seed: int = 0) -> MedMNISTDataset:
+        """The items at positions ``indices`` of this dataset, with their own ``transform`` and ``seed``; the arrays
+        are shared, not read from the file again (``source_index`` stays the split index)."""
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if positions.size and not (0 <= positions.min() and positions.max() < len(self)):
+            raise ValueError(f"{self.path}: subset positions out of range for {len(self)} items")
+        out = copy.copy(self)
+        out.indices, out.transform, out.seed, out.epoch = self.indices[positions], transform, seed, 0
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Select the transform randomness of this epoch."""

@@ -322,8 +322,8 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
     if cfg.augment:  # the same labelled items, perturbed anew every epoch (medssl.transforms.finetune_augment)
         from medssl.transforms.finetune_augment import finetune_augment
 
-        labelled = MedMNISTDataset(train.path, "train", spatial_dims=train.spatial_dims, indices=idx, seed=subset.seed,
-                                   transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
+        labelled = train.subset(idx, seed=subset.seed,
+                                transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
     out = fit_classifier(cfg.encoder if method == "finetune" else None, architecture, labelled, val, test,
                          mode="finetune", epochs=cfg.epochs, batch_size=cfg.batch_size,
                          lr=cfg.lr if method == "finetune" else (cfg.scratch_lr or cfg.lr), seed=subset.seed,

@@ -81,6 +81,19 @@ def test_subset_indices_keep_source_index(tmp_path):
         sub[2]
 
 
+def test_subset_shares_arrays_composes_positions_and_takes_its_own_transform(tmp_path):
+    path = write_npz(tmp_path / "x.npz", (4, 5))
+    outer = MedMNISTDataset(path, indices=[5, 3, 1])
+    flip = RandFlipd(["image"], prob=1.0, spatial_axis=0)
+    sub = outer.subset([2, 0], transform=flip, seed=7)
+    assert sub.images is outer.images and sub.labels is outer.labels  # not read from the file again
+    assert [sub[i]["source_index"] for i in range(2)] == [1, 5]  # positions of ``outer``, split indices kept
+    assert torch.equal(sub[0]["image"], torch.flip(outer[2]["image"], dims=[1]))
+    assert sub.seed == 7 and outer.transform is None and outer.seed == 0 and len(outer) == 3
+    with pytest.raises(ValueError, match="out of range"):
+        outer.subset([3])
+
+
 def test_transform_seeded_per_item_and_epoch(tmp_path):
     path = write_npz(tmp_path / "x.npz", (4, 5, 6))
     ds = MedMNISTDataset(path, transform=RandFlipd(["image"], prob=0.5, spatial_axis=0), seed=3)
