@@ -118,6 +118,13 @@ def _cls_architecture(ds: Dataset) -> dict[str, Any]:
     return {"name": init["encoder"], "kwargs": dict(init["encoder_kwargs"])}
 
 
+def _overlay_views(ds: Dataset) -> dict[str, Any]:
+    """The view settings of the dataset's overlay (``data.views.init_args``): the peer's 3D views."""
+    import yaml
+
+    return dict(yaml.safe_load((PRETRAIN / ds.overlay).read_text())["data"]["views"]["init_args"])
+
+
 def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: Path, epochs: int,
                     quick: bool) -> dict[str, Any]:
     """``medssl pretrain`` of one arm; returns the card path, steps and wall seconds."""
@@ -178,7 +185,7 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
         from lightly_peer import pretrain_lightly_simclr
 
         done = pretrain_lightly_simclr(data_path, _cls_architecture(ds), run_dir, epochs=epochs,
-                                       batch_size=8 if quick else ds.batch_size,
+                                       batch_size=8 if quick else ds.batch_size, views_3d=_overlay_views(ds),
                                        max_steps=2 if quick else None)
     else:
         done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick)
@@ -241,29 +248,18 @@ def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | Non
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
-def _stats(values: list[float]) -> tuple[float, float]:
-    import numpy as np
-
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
-
-
 def markdown(report: dict[str, Any]) -> str:
     """Mean ± std per arm x evaluation x budget, the ratio to the peer, wall times and the settings."""
-    from medssl.eval.label_efficiency import budget_label
+    from medssl.eval.label_efficiency import budget_label, summarise
 
     ds, metric = report["dataset"], report["metric"]
     unit = "cases" if report["kind"] == "seg" else "items"
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    rows = [r for r in summarise(report["records"]) if r["metric"] == metric]  # mean ± sample std over seeds
+    runs: dict[tuple, list[dict[str, Any]]] = {}  # the records behind each row: arm, wall seconds
     for r in report["records"]:
         if r["metric"] == metric:
-            groups.setdefault((r["fraction"], r["count"], r["method"]), []).append(r)
-    peer_mean = {}
-    for (fraction, count, method), rs in groups.items():
-        if method == f"{PEER} finetune":
-            peer_mean[(fraction, count)] = _stats([r["value"] for r in rs])[0]
+            runs.setdefault((r["fraction"], r["count"], r["method"]), []).append(r)
+    peer_mean = {(r["fraction"], r["count"]): r["mean"] for r in rows if r["method"] == f"{PEER} finetune"}
     m, st = report["machine"], report["settings"]
     machine_line = (f"Machine: {m['cpu']} ({m.get('cores_usable', m['cores'])} cores usable), torch "
                     f"{m['versions'].get('torch')}, lightly {m['versions'].get('lightly')}, {m['date']}; load average "
@@ -275,20 +271,20 @@ def markdown(report: dict[str, Any]) -> str:
               "| pretrain wall s |")
     lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
              "|---|---|---:|---:|---|---:|---:|---:|"]
-    order = {a: i for i, a in enumerate(report["settings"]["arms"])}
-    keys = sorted(groups, key=lambda k: (k[0] is None, k[0] or 0, k[1] or 0,
-                                         order.get(groups[k][0]["arm"], 99), k[2]))
-    for fraction, count, method in keys:
-        rs = groups[(fraction, count, method)]
-        mean, std = _stats([r["value"] for r in rs])
+    order = {a: i for i, a in enumerate(st["arms"])}
+    rows.sort(key=lambda r: (r["fraction"] is None, r["fraction"] or 0, r["count"] or 0,
+                             order.get(runs[(r["fraction"], r["count"], r["method"])][0]["arm"], 99), r["method"]))
+    for row in rows:
+        fraction, count, mean, std = row["fraction"], row["count"], row["mean"], row["std"]
+        rs = runs[(fraction, count, row["method"])]
         peer = peer_mean.get((fraction, count))
         ratio = f"{mean / peer:.3f}" if peer and math.isfinite(peer) and math.isfinite(mean) else "–"
         walls = [r["wall_s"] for r in rs if r.get("wall_s") is not None]
         pre = rs[0].get("pretrain_wall_s")
         value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
-        lines.append(f"| {method} | {budget_label(fraction, count, unit)} | {rs[0]['n_labelled']} | {len(rs)} | "
-                     f"{value} | {ratio} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
+        lines.append(f"| {row['method']} | {budget_label(fraction, count, unit)} | {row['n_labelled']:g} | "
+                     f"{row['n_seeds']} | {value} | {ratio} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
     lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
     for arm, p in report["pretraining"].items():
         note = (f"loss {p['loss_first_epoch']:.3f} -> {p['loss_last_epoch']:.3f}" if "loss_first_epoch" in p else
@@ -302,8 +298,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     from medssl.data.atomic import atomic_write_json, atomic_write_text
     from medssl.eval.label_efficiency import label_efficiency_plot
 
-    name = (f"label_efficiency_{report['dataset']}" + (f"_{report['settings']['tag']}" if report["settings"]["tag"] else "")
-            + ("_quick" if report["settings"]["quick"] else ""))
+    tag, quick = report["settings"]["tag"], report["settings"]["quick"]
+    name = f"label_efficiency_{report['dataset']}" + (f"_{tag}" if tag else "") + ("_quick" if quick else "")
     atomic_write_json(out / f"{name}.json", report)
     atomic_write_text(out / f"{name}.md", markdown(report))
     if any(r["metric"] == report["metric"] for r in report["records"]):

@@ -14,7 +14,7 @@ and benchmarks do, with lightly's pieces wherever lightly has them:
   them scaled to [0, 1], which is what ToTensor gives;
 * **views (3D)**: lightly has no volumetric transforms. A lightly user would write their own; the peer uses
   medssl's :class:`~medssl.transforms.views.MultiViewTransform` with the settings of the medssl SimCLR data
-  overlay (two global views), which gives the peer medssl's augmentations and isolates lightly's training recipe;
+  overlay (``views_3d``: two global views at the volume size), which gives the peer medssl's augmentations and isolates lightly's training recipe;
 * **optimiser**: SGD, momentum 0.9, weight decay 5e-4, lr 0.06 x batch/128 with cosine annealing over the run:
   the recipe of lightly's CIFAR-10 / Imagenette benchmarks (``benchmarks/imagenet/...`` and the docs examples).
 
@@ -59,13 +59,12 @@ class _TwoViews2D(Dataset):
 class _TwoViews3D(Dataset):
     """Train volumes (8-bit, (N, D, H, W)) -> two medssl global views (lightly has no 3D transforms)."""
 
-    def __init__(self, images: np.ndarray, size: list[int], seed: int):
+    def __init__(self, images: np.ndarray, views: dict[str, Any], seed: int):
         from medssl.transforms.views import MultiViewTransform
 
         self.images = images
-        self.transform = MultiViewTransform(3, num_global=2, global_size=size, global_scale=(0.35, 1.0),
-                                            intensity_scale=0.3, intensity_shift=0.15, noise_std=0.05,
-                                            blur_prob=0.3)
+        self.transform = MultiViewTransform(**{**views, "spatial_dims": 3, "num_global": 2, "num_local": 0,
+                                               "global_size": list(images.shape[1:])})
         self.seed = seed
         self.epoch = 0
 
@@ -93,12 +92,14 @@ class _SimCLR(nn.Module):
 
 
 def pretrain_lightly_simclr(npz: str | Path, architecture: dict[str, Any], out_dir: str | Path, *, epochs: int,
-                            batch_size: int, seed: int = 0, max_items: int | None = None,
+                            batch_size: int, views_3d: dict[str, Any] | None = None, seed: int = 0,
+                            max_items: int | None = None,
                             max_steps: int | None = None, num_workers: int = 0,
                             temperature: float = 0.5) -> dict[str, Any]:
     """Pretrain the peer on the train split of ``npz`` (labels unused); export ``out_dir/encoder.json``.
 
-    ``max_items`` / ``max_steps`` shorten the run (smoke tests). Returns the card path, steps, wall seconds and
+    ``views_3d``: the ``MultiViewTransform`` arguments of the medssl arms' data overlay (3D only; two global views
+    at the full volume size). ``max_items`` / ``max_steps`` shorten the run (smoke tests). Returns the card path, steps, wall seconds and
     the mean loss of the first and last epoch.
     """
     from lightly.loss import NTXentLoss
@@ -118,7 +119,9 @@ def pretrain_lightly_simclr(npz: str | Path, architecture: dict[str, Any], out_d
     torch.manual_seed(seed)
     backbone = build_encoder(**architecture)
     model = _SimCLR(backbone)
-    data = _TwoViews2D(images, images.shape[1]) if dims == 2 else _TwoViews3D(images, list(images.shape[1:]), seed)
+    if dims == 3 and views_3d is None:
+        raise ValueError("3D pretraining needs views_3d (lightly has no volumetric transforms)")
+    data = _TwoViews2D(images, images.shape[1]) if dims == 2 else _TwoViews3D(images, views_3d, seed)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen,
                         num_workers=num_workers, persistent_workers=num_workers > 0)

@@ -116,3 +116,26 @@ def test_quick_run_lightly_peer(tmp_path, shared_data, monkeypatch):
     card = json.loads((tmp_path / "work" / "pneumoniamnist" / "pretrain_lightly_simclr" / "encoder.json").read_text())
     assert card["method"] == "lightly_simclr" and card["training"]["library"] == "lightly"
     assert {r["method"] for r in report["records"]} == {f"lightly_simclr {e}" for e in bench.CLS_EVALS}
+
+
+@pytest.mark.realdata
+def test_lightly_peer_3d_uses_the_overlay_views(tmp_path, shared_data):
+    """3D: lightly has no volumetric transforms, so the peer takes the medssl overlay's views at the volume size."""
+    if os.environ.get("MEDSSL_REQUIRE_BENCH") == "1":
+        import lightly  # noqa: F401
+    else:
+        pytest.importorskip("lightly", reason="the lightly peer needs the bench extra (see benchmarks/README.md)")
+    bench = load_bench()
+    from lightly_peer import pretrain_lightly_simclr
+
+    ds = bench.DATASETS["adrenalmnist3d"]
+    views = bench._overlay_views(ds)
+    assert views["global_scale"] == [0.35, 1.0] and views["spatial_dims"] == 3
+    done = pretrain_lightly_simclr(shared_data / ds.data, bench._cls_architecture(ds), tmp_path / "peer", epochs=1,
+                                   batch_size=4, views_3d=views, max_items=8, max_steps=1)
+    assert done["steps"] == 1 and math.isfinite(done["loss_last_epoch"])
+    card = json.loads((tmp_path / "peer" / "encoder.json").read_text())
+    assert card["spatial_dims"] == 3 and card["method"] == "lightly_simclr"
+    with pytest.raises(ValueError, match="views_3d"):
+        pretrain_lightly_simclr(shared_data / ds.data, bench._cls_architecture(ds), tmp_path / "peer2", epochs=1,
+                                batch_size=4, max_items=8, max_steps=1)
