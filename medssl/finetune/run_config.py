@@ -31,7 +31,7 @@ CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "m
 SEGMENTATION_ONLY = ("root", "images", "labels", "label_names", "split_file", "n_val", "n_test", "split_seed",
                      "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "roi_size", "pos",
                      "neg", "sw_overlap", "sw_batch_size", "regions", "region_labels", "region_training",
-                     "channel_names", "adapt_channels", "masks", "use_masks")
+                     "channel_names", "adapt_channels", "masks", "use_masks", "flip_axes")
 FLOATS = ("label_fraction", "dropout", "pos", "neg", "sw_overlap", "lr", "weight_decay", "warmup", "layer_decay")
 BATCH_SIZE = {"classification": 64, "segmentation": 2}
 
@@ -81,6 +81,7 @@ class FinetuneConfig:
     adapt_channels: str | None = None
     masks: str | None = None
     use_masks: bool = True
+    flip_axes: list[int] | None = None  # training-crop flips: None = every axis; [0] = left-right only (RAS)
     # training
     mode: str = "finetune"
     epochs: int = 20
@@ -223,6 +224,10 @@ class FinetuneConfig:
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         from medssl.finetune.regions import settings_error
+        from medssl.finetune.seg_data import flip_axes_error
+
+        if flip_axes_error(self.flip_axes, self.spatial_dims) is not None:
+            raise bad("flip_axes", f"must be null or distinct spatial axes in 0..{self.spatial_dims - 1}")
 
         problem = settings_error(self.regions, self.region_labels, self.region_training, self.adapt_channels)
         if problem is not None:

@@ -25,7 +25,9 @@ naming the offending file):
 
 **Datasets.** :class:`SegmentationPatches` (training): random ``roi_size`` crops centred on a foreground or a
 background voxel with probability ``pos / (pos + neg)`` (MONAI ``RandCropByPosNegLabeld``), zero-padded first
-when the volume is smaller, then random flips along every axis. When every case has a ``mask`` (a brain mask) and
+when the volume is smaller, then random flips along each axis of ``flip_axes`` (default every axis; give only
+the axes without anatomical meaning for the labels, e.g. ``[0]``, left-right in RAS, when labels name anterior and
+posterior parts as in the MSD hippocampus). When every case has a ``mask`` (a brain mask) and
 ``use_masks`` is on, background centres are drawn inside the mask only (the mask is prepared like a label map and
 used as ``RandCropByPosNegLabeld``'s ``image_key`` with threshold 0), so a full-size 240 x 240 x 155 MRI does not
 spend half its crops on air; in 2-D the items are the slices along
@@ -57,7 +59,7 @@ from medssl.finetune.seg_cases import (
 )
 
 __all__ = ["HU_CHECK_CASES", "SegmentationPatches", "SegmentationVolumes", "check_card_dims", "check_cases",
-           "check_hu", "resolve_plan"]
+           "check_hu", "flip_axes_error", "resolve_plan"]
 
 HU_CHECK_CASES = 3  # cases whose raw intensities check_hu reads (first, middle, last)
 HU_MIN_SPAN = 20.0  # a CT in HU spans far more than this
@@ -153,6 +155,18 @@ def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
+def flip_axes_error(flip_axes: Sequence[int] | None, spatial_dims: int) -> str | None:
+    """Why ``flip_axes`` is not a list of distinct spatial axes in ``0..spatial_dims - 1`` (None when it is)."""
+    if flip_axes is None:
+        return None
+    if isinstance(flip_axes, (str, bytes)) or not isinstance(flip_axes, Sequence):
+        return f"flip_axes must be null or a list of spatial axes, got {flip_axes!r}"
+    if any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < spatial_dims for a in flip_axes) or len(
+            set(flip_axes)) != len(flip_axes):
+        return f"flip_axes must be distinct spatial axes in 0..{spatial_dims - 1}, got {list(flip_axes)!r}"
+    return None
+
+
 class SegmentationPatches(Dataset):
     """Training crops ``{"image": (C, *roi) float32, "label": (1, *roi) int64}`` (see module docstring).
 
@@ -165,17 +179,22 @@ class SegmentationPatches(Dataset):
         roi_size: crop size, ``spatial_dims`` entries.
         spatial_dims: 3 (volumes) or 2 (slices).
         pos, neg: foreground / background crop-centre weights (MONAI ``RandCropByPosNegLabeld``).
-        flip_prob: probability of a flip along each spatial axis.
+        flip_prob: probability of a flip along each axis of ``flip_axes``.
+        flip_axes: the spatial axes (of the plan's orientation) that may be flipped; None = all of them, [] = none.
         seed: base seed of the crops and flips.
         use_masks: draw background crop centres inside the cases' masks (when every case has one).
     """
 
     def __init__(self, cases: Sequence[SegmentationCase], cache: PreprocessCache, *, roi_size: Sequence[int],
                  spatial_dims: int = 3, pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5, seed: int = 0,
-                 use_masks: bool = True):
+                 use_masks: bool = True, flip_axes: Sequence[int] | None = None):
         roi = [int(r) for r in roi_size]
         if len(roi) != spatial_dims:
             raise ValueError(f"roi_size {roi} does not have {spatial_dims} axes")
+        problem = flip_axes_error(flip_axes, spatial_dims)
+        if problem is not None:
+            raise ValueError(problem)
+        axes = range(spatial_dims) if flip_axes is None else [int(a) for a in flip_axes]
         if pos < 0 or neg < 0 or pos + neg == 0:
             raise ValueError(f"pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
         self.cases = list(cases)
@@ -185,7 +204,7 @@ class SegmentationPatches(Dataset):
             SpatialPadd([*keys, "mask"] if self.masked else keys, spatial_size=roi),
             RandCropByPosNegLabeld(keys, "label", spatial_size=roi, pos=pos, neg=neg, num_samples=1,
                                    image_key="mask" if self.masked else None, image_threshold=0.0),
-            *(RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in range(spatial_dims)),
+            *(RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in axes),
         ])
         self.seed = int(seed)
         self.scans = _scans(self.cases, cache, spatial_dims=spatial_dims, slice_axis=2, seed=seed)

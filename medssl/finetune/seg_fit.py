@@ -106,7 +106,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
                   progress: bool = False, regions: dict[str, list[int]] | None = None,
                   region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
                   channel_names: Sequence[str] | None = None, adapt_channels: str | None = None,
-                  use_masks: bool = True) -> dict[str, Any]:
+                  use_masks: bool = True, flip_axes: Sequence[int] | None = None) -> dict[str, Any]:
     """Fine-tune (``card`` given) or train from scratch (``architecture``), return test metrics (one JSON dict).
 
     Checks every case against the card and plan first (:func:`medssl.finetune.seg_data.check_cases`), prepares
@@ -114,7 +114,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     :func:`train_segmenter` and evaluates the best checkpoint on ``test_cases`` (:func:`evaluate_segmenter`).
     ``plan``/``override_plan``/``hu_check`` are those of :mod:`medssl.finetune.seg_data`; ``pos``/``neg`` weight
     foreground / background crop centres (background centres inside the cases' masks when ``use_masks`` and every
-    case has one); ``decoder`` holds decoder-only network options. ``regions`` / ``region_labels`` /
+    case has one); ``flip_axes``: the axes training crops may be flipped along (None = all); ``decoder`` holds decoder-only network options. ``regions`` / ``region_labels`` /
     ``region_training``: region targets and metrics (:mod:`medssl.finetune.regions`). ``channel_names``: the
     cases' channels, checked against the card's (:func:`medssl.models.hub.check_channels`) before anything is
     read; ``adapt_channels`` allows a different channel count by adapting the encoder's first layer.
@@ -145,7 +145,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     try:
         cache = PreprocessCache(root, resolved)
         train_ds = SegmentationPatches(train_cases, cache, roi_size=roi_size, spatial_dims=spatial_dims, pos=pos,
-                                       neg=neg, seed=seed, use_masks=use_masks)
+                                       neg=neg, seed=seed, use_masks=use_masks, flip_axes=flip_axes)
         steps_per_epoch = math.ceil(len(train_ds) / batch_size)
         stretch = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
         module = SegmentationFinetuner(

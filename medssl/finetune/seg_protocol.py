@@ -99,6 +99,7 @@ class SegProtocolConfig:
     adapt_channels: str | None = None
     masks: str | None = None
     use_masks: bool = True
+    flip_axes: list[int] | None = None
 
     @property
     def name(self) -> str:
@@ -148,6 +149,10 @@ class SegProtocolConfig:
         if "frozen" in self.methods and self.n_val == 0:
             raise bad("n_val", "checkpoint selection needs validation cases")
         from medssl.finetune.regions import settings_error
+        from medssl.finetune.seg_data import flip_axes_error
+
+        if flip_axes_error(self.flip_axes, self.spatial_dims) is not None:
+            raise bad("flip_axes", f"must be null or distinct spatial axes in 0..{self.spatial_dims - 1}")
 
         problem = settings_error(self.regions, self.region_labels, self.region_training, self.adapt_channels)
         if problem is not None:
@@ -173,7 +178,8 @@ def seg_options(cfg: Any) -> dict[str, Any]:
     """The region / channel / mask keyword arguments of :func:`~medssl.finetune.seg_fit.fit_segmenter` in ``cfg``."""
     return {"regions": getattr(cfg, "regions", None), "region_labels": getattr(cfg, "region_labels", None),
             "region_training": getattr(cfg, "region_training", "sigmoid"), "channel_names": task_channels(cfg),
-            "adapt_channels": getattr(cfg, "adapt_channels", None), "use_masks": getattr(cfg, "use_masks", True)}
+            "adapt_channels": getattr(cfg, "adapt_channels", None), "use_masks": getattr(cfg, "use_masks", True),
+            "flip_axes": getattr(cfg, "flip_axes", None)}
 
 
 def recorded_split(cfg: SegProtocolConfig, cases: list[Any]) -> dict[str, Any]:

@@ -108,6 +108,7 @@ def test_classification_run_with_an_encoder_and_from_scratch(fake_npz, tiny_card
     ({"bogus": 1}, "bogus"),
     ({"task": "detection"}, "task"),
     ({"roi_size": [32, 32]}, "roi_size"),  # a segmentation field in a classification config
+    ({"flip_axes": [0]}, "flip_axes"),
     ({"lr": -1.0}, "lr"),
     ({"lr": "fast"}, "lr"),
     ({"mode": "linear", "encoder": None}, "mode"),
@@ -129,6 +130,7 @@ def test_segmentation_config_errors_and_exit_codes(cubes, tmp_path):
     for change, field in [({"roi_size": None}, "roi_size"), ({"root": "/data/msd"}, "root"),
                           ({"label_names": None}, "label_names"), ({"path": "x.npz"}, "path"),
                           ({"mode": "linear"}, "mode"), ({"n_val": -1}, "n_val"),
+                          ({"flip_axes": [0, 3]}, "flip_axes"), ({"flip_axes": ["0"]}, "flip_axes"),
                           ({"encoder": None}, "architecture")]:  # from scratch needs architecture and plan
         with pytest.raises(ProtocolConfigError, match=f"field '{field}'"):
             FinetuneConfig.from_dict({**cfg, "encoder": "x/encoder.json", **change})

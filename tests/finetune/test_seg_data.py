@@ -16,7 +16,7 @@ from medssl.errors import MedsslError, NiftiError
 from medssl.finetune.seg_cases import (SegmentationCase, SegmentationDataError, cases_from_glob, cases_from_msd,
                                        labelled_subset, msd_label_names, num_channels, select_cases, split_cases)
 from medssl.finetune.seg_data import (SegmentationPatches, SegmentationVolumes, check_card_dims, check_cases,
-                                      resolve_plan)
+                                      flip_axes_error, resolve_plan)
 
 CT = PreprocessPlan(intensity="ct_window")
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -166,6 +166,36 @@ def test_training_crops(tmp_path):
     assert any(not torch.equal(draws[0], d) for d in draws[1:])  # new crops / flips per epoch
     slices = SegmentationPatches([case], cache, roi_size=(16, 16), spatial_dims=2, seed=0)
     assert len(slices) == 6 and slices[1]["image"].shape == (1, 16, 16)
+
+
+def test_flips_only_along_the_allowed_axes(tmp_path):
+    """Labels with a direction (anterior = 1 in the low half of axis 1, posterior = 2 in the high half) keep their
+    places when only axis 0 may flip; with every axis allowed some epochs swap them (pixels go along)."""
+    label = np.ones((8, 8, 4))
+    label[:, 4:] = 2
+    label[:, :, 0] = 0
+    case = write_case(tmp_path / "c", "c", label * 100.0 - 900.0, label)
+    cache = PreprocessCache(tmp_path / "cache", CT)
+
+    def corners(**kw) -> set[tuple[int, int]]:
+        ds = SegmentationPatches([case], cache, roi_size=(8, 8, 4), seed=0, **kw)
+        seen = set()
+        for epoch in range(12):
+            ds.set_epoch(epoch)
+            item = ds[0]
+            image, lab = item["image"][0], item["label"][0]
+            assert bool((image[lab == 2] > image[lab == 1].max()).all())  # the pixels moved with their labels
+            seen.add((int(lab[0, 0, 2]), int(lab[0, 7, 2])))
+        return seen
+
+    assert corners(flip_axes=[0]) == {(1, 2)}
+    assert corners(flip_axes=[]) == {(1, 2)}
+    assert (2, 1) in corners()  # default: every axis, the parts swap in some epochs
+    with pytest.raises(ValueError, match="flip_axes"):
+        SegmentationPatches([case], cache, roi_size=(8, 8, 4), flip_axes=[3])
+    assert flip_axes_error(None, 3) is None and flip_axes_error([0, 2], 3) is None
+    for bad in ([0, 0], [-1], [True], "0", [0.0]):
+        assert flip_axes_error(bad, 3) is not None
 
 
 def test_whole_volumes_keep_geometry(tmp_path, phantoms):

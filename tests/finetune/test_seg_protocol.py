@@ -62,6 +62,10 @@ def test_config_errors_name_the_field(setup):
         SegProtocolConfig(**{**cfg, "methods": ["knn"]}).validate()
     with pytest.raises(ProtocolConfigError, match="'roi_size'"):
         SegProtocolConfig(**{**cfg, "roi_size": [32, 16]}).validate()
+    for axes in ([3], [0, 0], "0"):
+        with pytest.raises(ProtocolConfigError, match="'flip_axes'"):
+            SegProtocolConfig(**{**cfg, "flip_axes": axes}).validate()
+    assert SegProtocolConfig(**{**cfg, "flip_axes": [0]}).validate().flip_axes == [0]
 
 
 def test_cli_dispatches_segmentation_protocols(setup, tmp_path, one_thread):
