@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
+from medssl.finetune.seg_options import SEG_OPTION_FIELDS, SegOptions
 
 __all__ = ["FinetuneConfig", "TASKS"]
 
@@ -30,17 +31,18 @@ MODES = {"classification": ("finetune", "linear"), "segmentation": ("finetune", 
 CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "min_per_class", "dropout")
 SEGMENTATION_ONLY = ("root", "images", "labels", "label_names", "split_file", "n_val", "n_test", "split_seed",
                      "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "roi_size", "pos",
-                     "neg", "sw_overlap", "sw_batch_size", "regions", "region_labels", "region_training",
-                     "channel_names", "adapt_channels", "masks", "use_masks", "flip_axes")
+                     "neg", "sw_overlap", "sw_batch_size", *SEG_OPTION_FIELDS)
 FLOATS = ("label_fraction", "dropout", "pos", "neg", "sw_overlap", "lr", "weight_decay", "warmup", "layer_decay")
 BATCH_SIZE = {"classification": 64, "segmentation": 2}
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(SegOptions):
     """One fine-tuning run (see module docstring). ``mode``: classification ``finetune`` | ``linear`` (encoder
     frozen throughout), segmentation ``finetune`` | ``frozen`` (only the decoder trains). ``batch_size`` None:
-    64 for classification, 2 for segmentation. ``accelerator``: Lightning's (``cpu``, ``gpu``, ``auto`` ...)."""
+    64 for classification, 2 for segmentation. ``accelerator``: Lightning's (``cpu``, ``gpu``, ``auto`` ...).
+    The segmentation region / channel / mask / flip options are inherited from
+    :class:`~medssl.finetune.seg_options.SegOptions`."""
 
     task: str = ""
     name: str | None = None
@@ -74,14 +76,6 @@ class FinetuneConfig:
     neg: float = 1.0
     sw_overlap: float = 0.25
     sw_batch_size: int = 4
-    regions: dict[str, list[int]] | None = None  # e.g. {WT: [1, 2, 3, 4], TC: [1, 3, 4], ET: [4]}
-    region_labels: dict[str, int] | None = None
-    region_training: str = "sigmoid"
-    channel_names: list[str] | None = None
-    adapt_channels: str | None = None
-    masks: str | None = None
-    use_masks: bool = True
-    flip_axes: list[int] | None = None  # training-crop flips: None = every axis; [0] = left-right only (RAS)
     # training
     mode: str = "finetune"
     epochs: int = 20
@@ -110,8 +104,11 @@ class FinetuneConfig:
         return cls.from_dict(data, source=str(file))
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain YAML-able containers."""
-        return asdict(self)
+        """The config as plain YAML-able containers, ``task`` first and the inherited segmentation options last
+        (dataclass inheritance lists them first; the written ``config.yaml`` reads better from the task down)."""
+        data = asdict(self)
+        return {**{k: v for k, v in data.items() if k not in SEG_OPTION_FIELDS},
+                **{k: data[k] for k in SEG_OPTION_FIELDS}}
 
     def validate(self, source: str = "") -> FinetuneConfig:
         """Check every field; raise :class:`ProtocolConfigError` naming the first bad one. Fills per-task
@@ -173,6 +170,7 @@ class FinetuneConfig:
             self._validate_classification(bad, integer, number)
         else:
             self._validate_segmentation(bad, integer, number)
+            self.validate_seg_options(self.spatial_dims, source)
         return self
 
     def _validate_classification(self, bad, integer, number) -> None:
@@ -220,15 +218,6 @@ class FinetuneConfig:
         for name in ("pos", "neg"):
             number(name, 0, float("inf"))
         number("sw_overlap", 0, 1, open_high=True)
-        for name in ("override_plan", "hu_check", "use_masks"):
+        for name in ("override_plan", "hu_check"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
-        from medssl.finetune.regions import settings_error
-        from medssl.finetune.seg_data import flip_axes_error
-
-        if flip_axes_error(self.flip_axes, self.spatial_dims) is not None:
-            raise bad("flip_axes", f"must be null or distinct spatial axes in 0..{self.spatial_dims - 1}")
-
-        problem = settings_error(self.regions, self.region_labels, self.region_training, self.adapt_channels)
-        if problem is not None:
-            raise bad(*problem)

@@ -37,11 +37,11 @@ from medssl.finetune.seg_cases import (
     cases_from_glob,
     cases_from_msd,
     labelled_subset,
-    msd_channel_names,
     msd_label_names,
     select_cases,
     split_cases,
 )
+from medssl.finetune.seg_options import SegOptions, seg_options, task_channels
 
 __all__ = ["SEG_METHODS", "SegProtocolConfig", "recorded_split", "run_seg_protocol", "seg_options", "task_cases",
            "task_channels"]
@@ -51,9 +51,10 @@ RESULT_FORMAT = "medssl-label-efficiency"
 
 
 @dataclass
-class SegProtocolConfig:
+class SegProtocolConfig(SegOptions):
     """One segmentation protocol (see module docstring). Data: an MSD folder ``root`` or ``images`` + ``labels``
-    glob patterns (then ``label_names`` is required)."""
+    glob patterns (then ``label_names`` is required). The region / channel / mask / flip options are
+    inherited from :class:`~medssl.finetune.seg_options.SegOptions`."""
 
     task: str = "segmentation"
     root: str | None = None
@@ -92,14 +93,6 @@ class SegProtocolConfig:
     cache_dir: str | None = None
     plot: bool = True
     keep_checkpoints: bool = False
-    regions: dict[str, list[int]] | None = None
-    region_labels: dict[str, int] | None = None
-    region_training: str = "sigmoid"
-    channel_names: list[str] | None = None
-    adapt_channels: str | None = None
-    masks: str | None = None
-    use_masks: bool = True
-    flip_axes: list[int] | None = None
 
     @property
     def name(self) -> str:
@@ -148,15 +141,7 @@ class SegProtocolConfig:
             raise bad("patience", "must be null or an integer >= 1")
         if "frozen" in self.methods and self.n_val == 0:
             raise bad("n_val", "checkpoint selection needs validation cases")
-        from medssl.finetune.regions import settings_error
-        from medssl.finetune.seg_data import flip_axes_error
-
-        if flip_axes_error(self.flip_axes, self.spatial_dims) is not None:
-            raise bad("flip_axes", f"must be null or distinct spatial axes in 0..{self.spatial_dims - 1}")
-
-        problem = settings_error(self.regions, self.region_labels, self.region_training, self.adapt_channels)
-        if problem is not None:
-            raise bad(*problem)
+        self.validate_seg_options(self.spatial_dims, source)
         return self
 
 
@@ -164,22 +149,7 @@ def task_cases(cfg: SegProtocolConfig) -> tuple[list[Any], list[str]]:
     """The cases of ``cfg`` (an MSD folder or image/label globs; also a FinetuneConfig) and the label names."""
     if cfg.root is not None:
         return cases_from_msd(cfg.root), list(cfg.label_names or msd_label_names(cfg.root))
-    return cases_from_glob(cfg.images, cfg.labels, getattr(cfg, "masks", None)), list(cfg.label_names)
-
-
-def task_channels(cfg: Any) -> list[str] | None:
-    """The cases' channel names: ``cfg.channel_names``, else the MSD ``dataset.json``'s, else None."""
-    if getattr(cfg, "channel_names", None):
-        return list(cfg.channel_names)
-    return msd_channel_names(cfg.root) if cfg.root is not None else None
-
-
-def seg_options(cfg: Any) -> dict[str, Any]:
-    """The region / channel / mask keyword arguments of :func:`~medssl.finetune.seg_fit.fit_segmenter` in ``cfg``."""
-    return {"regions": getattr(cfg, "regions", None), "region_labels": getattr(cfg, "region_labels", None),
-            "region_training": getattr(cfg, "region_training", "sigmoid"), "channel_names": task_channels(cfg),
-            "adapt_channels": getattr(cfg, "adapt_channels", None), "use_masks": getattr(cfg, "use_masks", True),
-            "flip_axes": getattr(cfg, "flip_axes", None)}
+    return cases_from_glob(cfg.images, cfg.labels, cfg.masks), list(cfg.label_names)
 
 
 def recorded_split(cfg: SegProtocolConfig, cases: list[Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from medssl.cli import main
 from medssl.finetune.protocol import ProtocolConfigError
 from medssl.finetune.run import run_finetune
 from medssl.finetune.run_config import FinetuneConfig
+from medssl.finetune.seg_options import SEG_OPTION_FIELDS
+from medssl.finetune.seg_protocol import SegProtocolConfig
 from medssl.models.hub import read_card
 from tests.finetune.conftest import TINY_RESNET, export_tiny_basicunet, write_box_cubes
 
@@ -131,6 +133,8 @@ def test_segmentation_config_errors_and_exit_codes(cubes, tmp_path):
                           ({"label_names": None}, "label_names"), ({"path": "x.npz"}, "path"),
                           ({"mode": "linear"}, "mode"), ({"n_val": -1}, "n_val"),
                           ({"flip_axes": [0, 3]}, "flip_axes"), ({"flip_axes": ["0"]}, "flip_axes"),
+                          ({"use_masks": "yes"}, "use_masks"), ({"region_training": "softmax"}, "region_training"),
+                          ({"regions": {"WT": "all"}}, "regions"), ({"adapt_channels": "mean"}, "adapt_channels"),
                           ({"encoder": None}, "architecture")]:  # from scratch needs architecture and plan
         with pytest.raises(ProtocolConfigError, match=f"field '{field}'"):
             FinetuneConfig.from_dict({**cfg, "encoder": "x/encoder.json", **change})
@@ -157,3 +161,27 @@ def test_repo_finetune_configs_parse():
     assert gpu.accelerator == "gpu" and gpu.roi_size == [96, 96, 96] and gpu.override_plan
     with pytest.raises(ProtocolConfigError, match="field 'architecture'"):  # encoder left null on purpose
         FinetuneConfig.from_yaml(REPO_CONFIGS / "hippocampus_finetune.yaml")
+
+
+#: one non-default value per shared segmentation option (keys must match SEG_OPTION_FIELDS: a new option needs one)
+SEG_OPTION_VALUES = {"regions": {"WT": [1, 2]}, "region_labels": {"WT": 1}, "region_training": "classes",
+                     "channel_names": ["T1"], "adapt_channels": "average", "masks": "masks/*.nii.gz",
+                     "use_masks": False, "flip_axes": [0]}
+
+
+def test_shared_segmentation_options_in_both_configs(cubes, tmp_path):
+    """The options are declared once (SegOptions): both configs accept them, a classification run refuses every
+    one of them by name, and the written config round-trips with the task first and the options last."""
+    _, cfg = cubes
+    assert set(SEG_OPTION_VALUES) == set(SEG_OPTION_FIELDS)
+    cls = {"task": "classification", "path": "x.npz", "encoder": "x/encoder.json"}
+    for name, value in SEG_OPTION_VALUES.items():
+        assert getattr(SegProtocolConfig(**{name: value}), name) == value
+        with pytest.raises(ProtocolConfigError, match=f"field '{name}': does not apply to task 'classification'"):
+            FinetuneConfig.from_dict({**cls, name: value})
+    seg = FinetuneConfig.from_dict({**cfg, "encoder": "x/encoder.json", **SEG_OPTION_VALUES})
+    data = seg.to_dict()
+    assert next(iter(data)) == "task" and tuple(data)[-len(SEG_OPTION_FIELDS):] == SEG_OPTION_FIELDS
+    yml = tmp_path / "resolved.yaml"
+    yml.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert FinetuneConfig.from_yaml(yml) == seg

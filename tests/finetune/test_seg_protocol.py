@@ -13,7 +13,6 @@ from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
 from tests.finetune.conftest import export_tiny_basicunet, write_box_cubes
 
 
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("segproto")
@@ -66,10 +65,14 @@ def test_config_errors_name_the_field(setup):
         with pytest.raises(ProtocolConfigError, match="'flip_axes'"):
             SegProtocolConfig(**{**cfg, "flip_axes": axes}).validate()
     assert SegProtocolConfig(**{**cfg, "flip_axes": [0]}).validate().flip_axes == [0]
+    for change, name in [({"use_masks": "no"}, "use_masks"), ({"region_training": "softmax"}, "region_training"),
+                         ({"adapt_channels": "mean"}, "adapt_channels")]:
+        with pytest.raises(ProtocolConfigError, match=f"'{name}'"):
+            SegProtocolConfig(**{**cfg, **change}).validate()
 
 
 def test_cli_dispatches_segmentation_protocols(setup, tmp_path, one_thread):
-    root, cfg = setup
+    _, cfg = setup
     yml = tmp_path / "p.yaml"
     yml.write_text(yaml.safe_dump({**cfg, "split_file": str(tmp_path / "split.json")}))
     assert main(["evaluate", "--protocol", str(yml), "--methods", "scratch", "--counts", "1", "--epochs", "1",
