@@ -131,6 +131,32 @@ def _prepare(case: Mapping[str, Any], axis: int) -> dict[str, Any]:
             "dice": _dice(truth, pred), "max_label": int(max(truth.max(initial=0), pred.max(initial=0)))}
 
 
+PANEL_INCHES = 2.6  # width of one image panel; the figure adds room for row names, titles and a legend
+
+
+def _panel_grid(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], shape: tuple[int, int],
+                extra_height: float) -> Figure:
+    """A figure of ``len(rows)`` rows of RGB panels: each row is ``(row name, [(picture, panel title), ...])``,
+    the row name on the first panel's y axis. Panels are sized from the pictures' common ``(H, W)`` ``shape`` (a
+    row 1.2 to 5 inches tall plus its title); ``extra_height`` (inches) leaves room for what the caller adds
+    (legend, suptitle). Both overlay figures draw through here so their rows look alike."""
+    h, w = shape
+    row_h = float(np.clip(PANEL_INCHES * h / w, 1.2, 5.0)) + 0.35
+    n_cols = max(len(panels) for _, panels in rows)
+    fig = Figure(figsize=(n_cols * PANEL_INCHES + 0.6, row_h * len(rows) + extra_height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for r, (row_name, panels) in enumerate(rows):
+        for c, (picture, panel_title) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(panel_title, fontsize=10)
+        axes[r, 0].set_ylabel(row_name, fontsize=9)
+    return fig
+
+
 def segmentation_overlays(cases: Sequence[Mapping[str, Any]], path: PathLike, *,
                           label_names: Sequence[str] | None = None, axis: int = 2, title: str | None = None) -> Path:
     """One row per case (image | ground truth | prediction), written as PNG; returns ``path``.
@@ -146,26 +172,16 @@ def segmentation_overlays(cases: Sequence[Mapping[str, Any]], path: PathLike, *,
     rows = [_prepare(case, axis) for case in cases]
     n_labels = max([r["max_label"] for r in rows] + [len(label_names or ()) - 1, 1])
     names = [label_names[i] if label_names and i < len(label_names) else f"label {i}" for i in range(n_labels + 1)]
-    h, w = rows[0]["image"].shape
-    panel = 2.6  # width of one image panel (inches); the figure adds room for row names, titles and the legend
-    row_h = float(np.clip(panel * h / w, 1.2, 5.0)) + 0.35
-    fig = Figure(figsize=(3 * panel + 0.6, row_h * len(rows) + 0.5 + (0.4 if title else 0.0)),
-                 layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), 3, squeeze=False)
+    grid = []
     for r, (row, case) in enumerate(zip(rows, cases)):
         dice = "" if row["dice"] is None else f" (mean Dice {row['dice']:.2f})"
-        panels = [(row["image"][..., None].repeat(3, -1), "image"),
-                  (overlay_rgb(row["image"], row["truth"]), "ground truth"),
-                  (overlay_rgb(row["image"], row["pred"]), "prediction" + dice)]
-        for c, (picture, name) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(picture, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(name, fontsize=10)
         label = str(case.get("name", f"case {r}"))
-        axes[r, 0].set_ylabel(f"{label}\n{row['where']}" if row["where"] else label, fontsize=9)
+        grid.append((f"{label}\n{row['where']}" if row["where"] else label,
+                     [(row["image"][..., None].repeat(3, -1), "image"),
+                      (overlay_rgb(row["image"], row["truth"]), "ground truth"),
+                      (overlay_rgb(row["image"], row["pred"]), "prediction" + dice)]))
+    # below the rows: the legend (0.5 in) and the suptitle
+    fig = _panel_grid(grid, rows[0]["image"].shape, 0.5 + (0.4 if title else 0.0))
     colours = label_colours(n_labels)
     handles = [Patch(facecolor=colours[i - 1], edgecolor="black", label=names[i]) for i in range(1, n_labels + 1)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=9, frameon=False)
@@ -197,12 +213,7 @@ def region_overlays(image: Any, truth: Any, pred: Any, regions: Mapping[str, Seq
     truth_v, pred_v = (as_numpy(v).astype(np.int64) for v in (truth, pred))
     truth_v, pred_v = (v[0] if v.ndim == 4 and v.shape[0] == 1 else v for v in (truth_v, pred_v))
     picture = base["image"]
-    h, w = picture.shape
-    panel = 2.6
-    row_h = float(np.clip(panel * h / w, 1.2, 5.0)) + 0.35
-    fig = Figure(figsize=(3 * panel + 0.6, row_h * len(regions) + (0.5 if title else 0.2)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(regions), 3, squeeze=False)
+    grid = []
     for r, (name, labels) in enumerate(regions.items()):
         values = [int(v) for v in labels]
         t3, p3 = np.isin(truth_v, values), np.isin(pred_v, values)
@@ -210,16 +221,11 @@ def region_overlays(image: Any, truth: Any, pred: Any, regions: Mapping[str, Seq
         total = int(t3.sum() + p3.sum())
         dice = "absent" if total == 0 else f"Dice {2 * int((t3 & p3).sum()) / total:.2f}"
         colour = r + 1  # one colour per region, as label r + 1 of label_colours
-        panels = [(picture[..., None].repeat(3, -1), image_name),
-                  (overlay_rgb(picture, t2.astype(np.int64) * colour), f"{name} ground truth"),
-                  (overlay_rgb(picture, p2.astype(np.int64) * colour), f"{name} prediction ({dice})")]
-        for c, (rgb, label) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(rgb, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(label, fontsize=10)
-        axes[r, 0].set_ylabel(f"{name} = labels {values}\n{base['where']}" if base["where"] else name, fontsize=9)
+        grid.append((f"{name} = labels {values}\n{base['where']}" if base["where"] else name,
+                     [(picture[..., None].repeat(3, -1), image_name),
+                      (overlay_rgb(picture, t2.astype(np.int64) * colour), f"{name} ground truth"),
+                      (overlay_rgb(picture, p2.astype(np.int64) * colour), f"{name} prediction ({dice})")]))
+    fig = _panel_grid(grid, picture.shape, 0.5 if title else 0.2)  # no legend: the row names give the labels
     if title:
         fig.suptitle(title, fontsize=12)
     return save_png(fig, path)
