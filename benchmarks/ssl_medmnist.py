@@ -17,13 +17,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the machine description and writer every benchmark shares
+from ingest import code_line, code_state, machine, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "pretrain" / "medmnist"
@@ -50,8 +51,7 @@ def paths_overlay(dataset: str, tmp: Path, quick: bool) -> Path:
     """Config overlay pointing the data source and the probe at the shared data folder (absolute paths)."""
     import yaml
 
-    name, dims = DATASETS[dataset]
-    path = str(shared_data() / "medmnist" / name)
+    path = str(shared_data() / "medmnist" / DATASETS[dataset][0])
     base = yaml.safe_load((CONFIGS / f"{dataset}_cpu.yaml").read_text())
     callbacks = base["trainer"]["callbacks"]
     for cb in callbacks:
@@ -88,28 +88,31 @@ def run_one(method: str, dataset: str, runs_dir: Path, tmp: Path, quick: bool, e
             "before": {k: before.get(k) for k in METRICS}, "after": {k: after.get(k) for k in METRICS}}
 
 
+def _pair(before: dict, after: dict, key: str) -> str:
+    """``before -> after (change)`` for one probe metric, or ``n/a`` where either run lacks it."""
+    b, a = before.get(key), after.get(key)
+    return "n/a" if b is None or a is None else f"{b:.3f} -> {a:.3f} ({a - b:+.3f})"
+
+
 def markdown(report: dict) -> str:
+    m = report["machine"]
     lines = ["# Self-supervised pretraining on MedMNIST (CPU): probe accuracy vs a random encoder", "",
-             f"Machine: {report['machine']['cpu']} ({report['machine']['cores']} cores), torch "
-             f"{report['machine']['torch']}, {report['machine']['date']}. "
-             "Before = the same encoder at initialisation (seeded), after = at the end of pretraining; probes on "
-             "frozen, globally pooled encoder features (weighted cosine kNN, k=20; logistic regression on "
-             "standardised features).", "",
-             "| method | dataset | epochs | steps | wall s | kNN acc before -> after | kNN bal. acc | linear acc | "
-             "linear bal. acc | linear AUROC | collapse warnings |",
+             (f"Machine: {m['cpu']} ({m['cores_usable']} usable cores), torch {m['versions'].get('torch')}, "
+              f"{m['date']}; load average start {m['loadavg_start']}, end {m.get('loadavg_end')}. "
+              "Before = the same encoder at initialisation (seeded), after = at the end of pretraining; probes on "
+              "frozen, globally pooled encoder features (weighted cosine kNN, k=20; logistic regression on "
+              "standardised features)."), "",
+             ("| method | dataset | epochs | steps | wall s | kNN acc before -> after | kNN bal. acc | linear acc | "
+              "linear bal. acc | linear AUROC | collapse warnings |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
-        b, a = r["before"], r["after"]
-
-        def pair(key: str) -> str:
-            if b.get(key) is None or a.get(key) is None:
-                return "n/a"
-            return f"{b[key]:.3f} -> {a[key]:.3f} ({a[key] - b[key]:+.3f})"
+        def pair(key: str, r: dict = r) -> str:
+            return _pair(r["before"], r["after"], key)
 
         lines.append(f"| {r['method']} | {r['dataset']} | {r['epochs']} | {r['steps']} | {r['wall_s']:.0f} | "
                      f"{pair('knn_acc')} | {pair('knn_balanced_acc')} | {pair('linear_acc')} | "
                      f"{pair('linear_balanced_acc')} | {pair('linear_auroc')} | {r['collapse_warnings']} |")
-    lines += ["", *[f"- {n}" for n in report["notes"]], ""]
+    lines += ["", *[f"- {n}" for n in report["notes"]], "", code_line(report), ""]
     return "\n".join(lines)
 
 
@@ -125,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="output file stem (default ssl_medmnist, or ssl_medmnist_quick)")
     args = parser.parse_args(argv)
 
-    import torch
-
+    info = machine()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
@@ -135,30 +137,26 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_one(method, dataset, Path(args.runs_dir), Path(tmp), args.quick, args.epochs,
                                     args.limit_train_batches))
                 print(json.dumps(runs[-1]), flush=True)
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0], "torch": torch.__version__,
-                    "date": datetime.date.today().isoformat()},
+        "benchmark": "ssl_medmnist", "machine": info, "code": code_state(),
         "settings": {"quick": args.quick, "epochs_override": args.epochs,
                      "limit_train_batches": args.limit_train_batches,
                      "configs": "configs/pretrain/medmnist/<method>.yaml + <dataset>_cpu.yaml"},
         "runs": runs,
-        "notes": ["Short CPU runs (a few epochs): they show whether a method learns on real medical images at all, "
-                  "not its converged quality; GPU recipes are configs/pretrain/*3d.yaml.",
-                  "PneumoniaMNIST probe: 1000 labelled train images -> 500 val images; AdrenalMNIST3D probe: all 1188 "
-                  "train volumes -> the 298 test volumes (its val split has 98).",
-                  "The probe re-estimates the encoder's BatchNorm statistics on its training images before extracting "
-                  "features (PreciseBN, medssl.eval.precise_bn), for the random-initialisation reference and after "
-                  "training alike; results written before 2026-11-30 (ssl_medmnist.md) used the running statistics.",
-                  "Wall seconds are of one run on a shared 2-core machine (other jobs ran at the same time): compare "
-                  "them within a table only roughly."],
+        "notes": [("Short CPU runs (a few epochs): they show whether a method learns on real medical images at "
+                   "all, not its converged quality; GPU recipes are configs/pretrain/*3d.yaml."),
+                  ("PneumoniaMNIST probe: 1000 labelled train images -> 500 val images; AdrenalMNIST3D probe: all "
+                   "1188 train volumes -> the 298 test volumes (its val split has 98)."),
+                  ("The probe re-estimates the encoder's BatchNorm statistics on its training images before "
+                   "extracting features (PreciseBN, medssl.eval.precise_bn), for the random-initialisation reference "
+                   "and after training alike; results written before 2026-11-30 (ssl_medmnist.md) used the running "
+                   "statistics."),
+                  ("Wall seconds are of one run on a shared machine (other jobs ran at the same time; see the load "
+                   "average): compare them within a table only roughly.")],
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = args.name or ("ssl_medmnist_quick" if args.quick else "ssl_medmnist")
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_results(Path(args.out), name, report, markdown))
     return 0
 
 

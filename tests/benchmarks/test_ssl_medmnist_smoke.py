@@ -32,5 +32,9 @@ def test_quick_run_writes_results(method, dataset, tmp_path, monkeypatch, one_th
     assert run["method"] == method and run["dataset"] == dataset and run["steps"] == 2
     for stage in ("before", "after"):
         assert 0.0 <= run[stage]["knn_acc"] <= 1.0 and 0.0 <= run[stage]["linear_acc"] <= 1.0
-    assert (out / "ssl_medmnist_quick.md").read_text().startswith("# Self-supervised pretraining on MedMNIST")
+    assert len(report["machine"]["loadavg_start"]) == len(report["machine"]["loadavg_end"]) == 3
+    assert report["machine"]["versions"]["torch"]
+    text = (out / "ssl_medmnist_quick.md").read_text()
+    assert text.startswith("# Self-supervised pretraining on MedMNIST")
+    assert "load average start" in text and f"| {method} | {dataset} | 1 | 2 |" in text
     assert (tmp_path / "runs" / f"{method}_{dataset}" / "probe.json").is_file()
