@@ -126,8 +126,9 @@ def _overlay_views(ds: Dataset) -> dict[str, Any]:
 
 
 def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: Path, epochs: int,
-                    quick: bool) -> dict[str, Any]:
-    """``medssl pretrain`` of one arm; returns the card path, steps and wall seconds."""
+                    quick: bool, overrides: list[str] | None = None) -> dict[str, Any]:
+    """``medssl pretrain`` of one arm; returns the card path, steps and wall seconds. ``overrides``: config
+    settings ``KEY=VALUE`` given to the pretraining CLI after the config files (``--KEY=VALUE``)."""
     from medssl.training.cli import PretrainCLI
 
     if ds.kind == "seg":
@@ -153,6 +154,7 @@ def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: 
             local = [14] * (3 if "3d" in ds.overlay else 2)
             args += [f"--data.views.init_args.num_local={2 if len(local) == 3 else 4}",
                      f"--data.views.init_args.local_size={local}"]
+    args += [f"--{o}" for o in overrides or []]
     args += ["--run_dir", str(run_dir), f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false"]
     if quick:
         args += ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--data.batch_size=8"]
@@ -163,19 +165,25 @@ def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: 
 
 
 def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, epochs: int,
-                 quick: bool, reuse: bool = False) -> dict[str, Any]:
+                 quick: bool, reuse: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
     """Pretrain one arm into ``work/pretrain_<arm>`` and record its summary there (``bench_pretrain.json``).
 
-    ``reuse``: an earlier run of the same arm, epochs and quick setting in that folder is taken as it is (its card
-    and summary), so downstream settings can be compared without pretraining again.
+    ``reuse``: an earlier run of the same arm, epochs, quick setting and overrides in that folder is taken as it is
+    (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``
+    (medssl arms only): pretraining config settings; such a run goes to ``pretrain_<arm>_<hash of the overrides>``.
     """
+    import hashlib
+
     from medssl.data.atomic import atomic_write_json
 
-    run_dir = work / f"pretrain_{arm}"
+    overrides = [] if arm == PEER else list(overrides or [])
+    suffix = "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
+    run_dir = work / f"pretrain_{arm}{suffix}"
     summary_path = run_dir / "bench_pretrain.json"
     if reuse and summary_path.is_file():
         done = json.loads(summary_path.read_text())
-        if (done.get("requested_epochs"), done.get("quick")) == (epochs, quick) and Path(done["card"]).is_file():
+        if (done.get("requested_epochs"), done.get("quick"), done.get("overrides", [])) == (
+                epochs, quick, overrides) and Path(done["card"]).is_file():
             print(f"== reuse pretrained {arm} on {ds.name}: {done['card']}", flush=True)
             return {**done, "reused": True}
     print(f"== pretrain {arm} on {ds.name} ({epochs} epochs)", flush=True)
@@ -188,8 +196,8 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
                                        batch_size=8 if quick else ds.batch_size, views_3d=_overlay_views(ds),
                                        max_steps=2 if quick else None)
     else:
-        done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick)
-    done.update(requested_epochs=epochs, quick=quick)
+        done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick, overrides)
+    done.update(requested_epochs=epochs, quick=quick, overrides=overrides)
     atomic_write_json(summary_path, done)
     return done
 
@@ -287,8 +295,12 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{row['n_seeds']} | {value} | {ratio} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
     lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
     for arm, p in report["pretraining"].items():
+        before, after = (p.get(k) for k in ("val_loss_before", "val_loss_after"))
         note = (f"loss {p['loss_first_epoch']:.3f} -> {p['loss_last_epoch']:.3f}" if "loss_first_epoch" in p else
-                f"val loss {p.get('val_loss_before')} -> {p.get('val_loss_after')}")
+                f"val loss {before:.3f} -> {after:.3f}" if before is not None and after is not None else
+                f"val loss {before} -> {after}")
+        if p.get("overrides"):
+            note += "; settings " + ", ".join(f"`{o}`" for o in p["overrides"])
         lines.append(f"| {arm} | {p['epochs']} | {p['steps']} | {p['wall_s']:.0f} | {note} |")
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
@@ -333,6 +345,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
                      "counts": counts if ds.kind == "seg" else None, "quick": args.quick,
                      "threads": torch.get_num_threads(), "finetune_overrides": args.finetune_override,
                      "protocol_overrides": args.protocol_override,
+                     "pretrain_overrides": args.pretrain_override,
                      "tag": args.tag},
         "data": {"path": str(data_path)}, "pretraining": {}, "records": [], "complete": False,
     }
@@ -342,7 +355,8 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
         pretrained = [a for a in arms if a != "scratch"]
         cards: dict[str, str] = {}
         for arm in pretrained:
-            p = pretrain_arm(arm, ds, data_path, work / ds.name, Path(tmp), epochs, args.quick, args.reuse)
+            p = pretrain_arm(arm, ds, data_path, work / ds.name, Path(tmp), epochs, args.quick, args.reuse,
+                             args.pretrain_override)
             report["pretraining"][arm] = p
             cards[arm] = p["card"]
         eval_root = work / ds.name / (f"eval_{args.tag}" if args.tag else "eval")
@@ -401,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="protocol fields for every arm, scratch included, e.g. augment=true")
     parser.add_argument("--finetune-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="protocol fields for the pretrained arms' evaluation, e.g. freeze_encoder_epochs=5")
+    parser.add_argument("--pretrain-override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="pretraining config settings of the medssl arms (not the peer), e.g. "
+                             "model.init_args.temperature=0.5; recorded, and pretrained in their own folder")
     parser.add_argument("--tag", default="", help="output name suffix: label_efficiency_<dataset>_<tag>.*")
     parser.add_argument("--reuse", action="store_true",
                         help="take each arm's pretraining from --workdir when it was run with the same --epochs")
