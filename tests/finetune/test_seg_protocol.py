@@ -89,5 +89,6 @@ REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "hi
 def test_repo_hippocampus_config_parses():
     cfg = SegProtocolConfig.from_yaml(REPO_CONFIG, encoder="x/encoder.json")
     assert cfg.counts == [5, 20] and cfg.methods == ["finetune", "scratch"] and cfg.lr == 0.002
+    assert cfg.flip_axes == [0]  # RAS left-right only: the labels are anterior / posterior parts
     tiny = SegProtocolConfig.from_yaml(REPO_CONFIG.with_name("hippocampus_tiny.yaml"), encoder="x/encoder.json")
     assert tiny.epochs == 1
