@@ -6,8 +6,10 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -98,6 +100,22 @@ def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch):
     assert (tmp_path / "work" / "pneumoniamnist" / "pretrain_simclr" / "encoder.json").read_bytes() == card
     first = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist_quick.json").read_text())
     assert "scratch" in {r["method"] for r in first["records"]}  # the untagged results were not overwritten
+
+    # --pretrain-override: a different recipe is pretrained again, in its own folder, and recorded
+    assert bench.main(["--quick", "--arms", "simclr", "--reuse", "--tag", "t05", "--pretrain-override",
+                       "model.init_args.temperature=0.5", "--out", str(tmp_path / "res"),
+                       "--workdir", str(tmp_path / "work")]) == 0
+    t05 = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist_t05_quick.json").read_text())
+    pre = t05["pretraining"]["simclr"]
+    assert "reused" not in pre and pre["overrides"] == ["model.init_args.temperature=0.5"]
+    assert t05["settings"]["pretrain_overrides"] == ["model.init_args.temperature=0.5"]
+    run_dir = Path(pre["card"]).parent
+    assert run_dir.name.startswith("pretrain_simclr_") and run_dir.parent.name == "pneumoniamnist"
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["model"]["init_args"]["temperature"] == 0.5
+    assert (tmp_path / "work" / "pneumoniamnist" / "pretrain_simclr" / "encoder.json").read_bytes() == card
+    assert "`model.init_args.temperature=0.5`" in (tmp_path / "res" / "label_efficiency_pneumoniamnist_t05_quick.md"
+                                                   ).read_text()
 
 
 @pytest.mark.realdata
