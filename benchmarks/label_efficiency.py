@@ -204,7 +204,8 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds: list[int],
-                 fractions: list[float], work: Path, quick: bool, arm_overrides: dict[str, Any]) -> dict[str, Any]:
+                 fractions: list[float], work: Path, quick: bool, arm_overrides: dict[str, Any],
+                 reuse: bool = False) -> dict[str, Any]:
     """The few-label classification protocol for one arm; returns the protocol's result JSON."""
     from medssl.finetune.protocol import ProtocolConfig, run_protocol
 
@@ -221,12 +222,15 @@ def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds
     overrides.update(arm_overrides)
     cfg = ProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
     out = work / f"eval_{arm}"
-    run_protocol(cfg, out, progress=False)
-    return json.loads((out / f"label_efficiency_{data_path.stem}.json").read_text())
+    path = out / f"label_efficiency_{data_path.stem}.json"
+    done = _finished(path, cfg, card) if reuse else None
+    if done is None:
+        run_protocol(cfg, out, progress=False)
+    return done or json.loads(path.read_text())
 
 
 def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[int], counts: list[int],
-                 work: Path, quick: bool, arm_overrides: dict[str, Any]) -> dict[str, Any]:
+                 work: Path, quick: bool, arm_overrides: dict[str, Any], reuse: bool = False) -> dict[str, Any]:
     """The few-label segmentation protocol for one arm (``scratch`` takes only the architecture of ``card``)."""
     from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
 
@@ -238,8 +242,30 @@ def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[
     overrides.update(arm_overrides)
     cfg = SegProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
     out = work / f"eval_{arm}"
-    run_seg_protocol(cfg, out, progress=False)
-    return json.loads((out / f"label_efficiency_{cfg.name}.json").read_text())
+    path = out / f"label_efficiency_{cfg.name}.json"
+    done = _finished(path, cfg, card) if reuse else None
+    if done is None:
+        run_seg_protocol(cfg, out, progress=False)
+    return done or json.loads(path.read_text())
+
+
+def _finished(path: Path, cfg: Any, card: str | None) -> dict[str, Any] | None:
+    """The protocol result at ``path`` when it is complete and was run with exactly ``cfg`` and the same encoder
+    weights as ``card`` now has (``--reuse``: an interrupted or extended benchmark does not evaluate it again)."""
+    from dataclasses import asdict
+
+    from medssl.models.hub import read_card
+
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    same_config = done.get("config") == json.loads(json.dumps(asdict(cfg)))
+    sha = read_card(card)[0]["weights"]["sha256"] if card else None
+    same_weights = (done.get("encoder") or {}).get("sha256") == sha
+    if done.get("complete") and same_config and same_weights:
+        print(f"   reuse evaluation {path}", flush=True)
+        return done
+    return None
 
 
 def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -367,13 +393,14 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
                      **(args.finetune_override_map if arm != "scratch" else {})}
             if ds.kind == "cls":
                 result = evaluate_cls(arm, ds, data_path, cards.get(arm), seeds, fractions, eval_root,
-                                      args.quick, extra)
+                                      args.quick, extra, args.reuse)
             else:
                 if not cards:
                     raise SystemExit("hippocampus needs at least one pretrained arm (its card gives scratch the "
                                      "architecture and preprocessing plan)")
                 card = cards.get(arm) or next(iter(cards.values()))
-                result = evaluate_seg(arm, ds, data_path, card, seeds, counts, eval_root, args.quick, extra)
+                result = evaluate_seg(arm, ds, data_path, card, seeds, counts, eval_root, args.quick, extra,
+                                      args.reuse)
             report["data"].update({k: v for k, v in result["data"].items() if k.startswith("n_") or k == "sha256"})
             report["records"] += arm_records(arm, result, report["pretraining"].get(arm))
             print(f"   {arm}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -420,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                              "model.init_args.temperature=0.5; recorded, and pretrained in their own folder")
     parser.add_argument("--tag", default="", help="output name suffix: label_efficiency_<dataset>_<tag>.*")
     parser.add_argument("--reuse", action="store_true",
-                        help="take each arm's pretraining from --workdir when it was run with the same --epochs")
+                        help="take each arm's pretraining from --workdir when it was run with the same --epochs "
+                             "and settings, and each evaluation when it completed with the same protocol and weights")
     parser.add_argument("--quick", action="store_true", help="1 epoch x 2 steps, 1 seed, 1 budget (smoke test)")
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_label_efficiency"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))

@@ -70,7 +70,7 @@ def test_arm_records_relabel_and_carry_wall_times():
 
 
 @pytest.mark.realdata
-def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch):
+def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch, capsys):
     bench = load_bench()
     monkeypatch.setenv("MEDSSL_SHARED_DATA", str(shared_data))
     assert bench.main(["--quick", "--arms", "scratch", "simclr", "--out", str(tmp_path / "res"),
@@ -116,6 +116,14 @@ def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch):
     assert (tmp_path / "work" / "pneumoniamnist" / "pretrain_simclr" / "encoder.json").read_bytes() == card
     assert "`model.init_args.temperature=0.5`" in (tmp_path / "res" / "label_efficiency_pneumoniamnist_t05_quick.md"
                                                    ).read_text()
+
+    # --reuse of the first invocation: both finished evaluations are taken as they are (same config and weights)
+    capsys.readouterr()
+    assert bench.main(["--quick", "--arms", "scratch", "simclr", "--reuse", "--out", str(tmp_path / "res2"),
+                       "--workdir", str(tmp_path / "work")]) == 0
+    assert capsys.readouterr().out.count("reuse evaluation") == 2
+    second = json.loads((tmp_path / "res2" / "label_efficiency_pneumoniamnist_quick.json").read_text())
+    assert second["records"] == first["records"]
 
 
 @pytest.mark.realdata
