@@ -117,11 +117,16 @@ class DicomVolume:
         s = self.slopes[None, None]
         i = self.intercepts[None, None]
         whole = np.all(np.mod(self.slopes, 1) == 0) and np.all(np.mod(self.intercepts, 1) == 0)
-        if whole and np.issubdtype(self.raw.dtype, np.integer):
+        # integer arithmetic only where it cannot overflow: stored values < 2**32 times |slope| < 2**20 plus
+        # |intercept| < 2**40 fit int64; int32 where values < 2**16, |slope| < 2**14 and |intercept| < 2**30
+        # (an intercept of 2**31 would otherwise wrap around in int32)
+        exact = np.abs(self.slopes).max() < 2**20 and np.abs(self.intercepts).max() < 2**40
+        if whole and exact and np.issubdtype(self.raw.dtype, np.integer):
             fast = self._whole_rescale_16()
             if fast is not None:
                 return fast
-            work = np.int32 if self.raw.dtype.itemsize <= 2 and np.abs(self.slopes).max() < 2**14 else np.int64
+            small = np.abs(self.slopes).max() < 2**14 and np.abs(self.intercepts).max() < 2**30
+            work = np.int32 if self.raw.dtype.itemsize <= 2 and small else np.int64
             out = self.raw.astype(work) * s.astype(work) + i.astype(work)
             for dtype in (np.int16, np.int32):
                 info = np.iinfo(dtype)

@@ -98,24 +98,22 @@ def test_other_encodings_fall_back_to_pydicom(tmp_path, ts):
 
 
 def reference_values(v: DicomVolume) -> np.ndarray:
-    """The rescale as it was written before the 16-bit path: int32/int64 arithmetic, then the smallest int dtype
-    that holds the result, else float32 via float64."""
+    """The rescale in exact arithmetic: Python integers when slope and intercept are whole, then the smallest int
+    dtype that holds the result, else float32 via float64."""
     if v.uniform_rescale == (1.0, 0.0) and np.issubdtype(v.raw.dtype, np.integer):
         return v.raw
     s, i = v.slopes[None, None], v.intercepts[None, None]
-    if np.all(np.mod(v.slopes, 1) == 0) and np.all(np.mod(v.intercepts, 1) == 0) and \
-            np.issubdtype(v.raw.dtype, np.integer):
-        work = np.int32 if v.raw.dtype.itemsize <= 2 and np.abs(v.slopes).max() < 2**14 else np.int64
-        out = v.raw.astype(work) * s.astype(work) + i.astype(work)
+    whole = np.all(np.mod(v.slopes, 1) == 0) and np.all(np.mod(v.intercepts, 1) == 0)
+    if whole and np.issubdtype(v.raw.dtype, np.integer) and np.abs(v.intercepts).max() < 2**40:
+        exact = v.raw.astype(object) * s.astype(np.int64).astype(object) + i.astype(np.int64).astype(object)
         for dtype in (np.int16, np.int32):
-            if out.min() >= np.iinfo(dtype).min and out.max() <= np.iinfo(dtype).max:
-                return out.astype(dtype)
+            if exact.min() >= np.iinfo(dtype).min and exact.max() <= np.iinfo(dtype).max:
+                return exact.astype(dtype)
     return (v.raw.astype(np.float64) * s + i).astype(np.float32)
 
 
-# (an intercept beyond int32, as 1e20 here, makes the int32 reference path cast out of range: numpy warns, and the
-# 16-bit path must decline such a volume before casting anything itself)
-@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
+# intercepts beyond int32 (2**31 + 5, -2**40, 1e20): no integer path may wrap around or cast out of range
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8, np.int32])
 def test_rescale_matches_reference(dtype):
     rng = np.random.default_rng(7)
@@ -130,14 +128,24 @@ def test_rescale_matches_reference(dtype):
         raw = raw.transpose(3, 2, 0, 1)[..., 0] if nt == 1 else raw.transpose(3, 2, 0, 1)
         per = shape[2:]
         slopes = rng.choice([1.0, 2.0, -1.0, 3.0, 0.5, 16384.0], size=per) if trial % 2 else np.full(per, 1.0)
-        inters = rng.choice([0.0, -1024.0, 1000.0, -32768.0, 40000.0, 0.25, 1e20, -2.0**40], size=per) if trial % 4 else \
-            np.full(per, -1024.0)
+        inters = rng.choice([0.0, -1024.0, 1000.0, -32768.0, 40000.0, 0.25, 1e20, -2.0**40, 2.0**31 + 5],
+                            size=per) if trial % 4 else np.full(per, -1024.0)
         volume = DicomVolume(raw=raw, slopes=slopes, intercepts=inters, geometry=None)
         got, want = volume.values(), reference_values(volume)
         assert got.dtype == want.dtype and got.strides == want.strides
         assert np.array_equal(got, want)
         used_16bit += volume._whole_rescale_16() is not None
     assert used_16bit > 0 or dtype == np.int32  # the fast path was exercised (never for 32-bit stored values)
+
+
+def test_intercept_beyond_int32_does_not_wrap():
+    """16-bit stored values with intercept 2**31 + 5 used to be rescaled in int32 and wrap to negative values."""
+    raw = np.array([0, 1, 65535], dtype=np.uint16).reshape(3, 1, 1)
+    got = DicomVolume(raw=raw, slopes=np.ones(1), intercepts=np.full(1, 2.0**31 + 5), geometry=None).values()
+    assert got.dtype == np.float32 and got.min() > 0
+    assert np.array_equal(got.ravel(), (np.array([0, 1, 65535]) + 2.0**31 + 5).astype(np.float32))
+    near = DicomVolume(raw=raw, slopes=np.ones(1), intercepts=np.full(1, 2.0**31 - 65536.0), geometry=None).values()
+    assert near.dtype == np.int32 and int(near.max()) == 2**31 - 1  # still exact in int32 where it fits
 
 
 def all_general(monkeypatch) -> None:
