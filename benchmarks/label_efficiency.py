@@ -294,31 +294,32 @@ def markdown(report: dict[str, Any]) -> str:
         if r["metric"] == metric:
             runs.setdefault((r["fraction"], r["count"], r["method"]), []).append(r)
     peer_mean = {(r["fraction"], r["count"]): r["mean"] for r in rows if r["method"] == f"{PEER} finetune"}
+    scratch_mean = {(r["fraction"], r["count"]): r["mean"] for r in rows if r["method"] == "scratch"}
     m, st = report["machine"], report["settings"]
     machine_line = (f"Machine: {m['cpu']} ({m.get('cores_usable', m['cores'])} cores usable), torch "
                     f"{m['versions'].get('torch')}, lightly {m['versions'].get('lightly')}, {m['date']}; load average "
                     f"start {m['loadavg_start']}, end {m.get('loadavg_end')}.")
     budget_line = (f"Pretraining budget: {st['epochs']} epoch(s) per arm at batch size {st['batch_size']} on the "
                    f"unlabeled train split, seed 0. Test-split {metric}, mean ± sample std over seeds {st['seeds']}; "
-                   f"ratio = mean / mean of `{PEER} finetune` at the same budget.")
-    header = (f"| arm / evaluation | labels | n labelled | seeds | test {metric} | ratio to peer | eval wall s (mean) "
-              "| pretrain wall s |")
+                   f"ratio = mean / mean of `{PEER} finetune` (the peer) or of `scratch` at the same budget.")
+    header = (f"| arm / evaluation | labels | n labelled | seeds | test {metric} | ratio to peer | ratio to scratch "
+              "| eval wall s (mean) | pretrain wall s |")
     lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
-             "|---|---|---:|---:|---|---:|---:|---:|"]
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     order = {a: i for i, a in enumerate(st["arms"])}
     rows.sort(key=lambda r: (r["fraction"] is None, r["fraction"] or 0, r["count"] or 0,
                              order.get(runs[(r["fraction"], r["count"], r["method"])][0]["arm"], 99), r["method"]))
     for row in rows:
         fraction, count, mean, std = row["fraction"], row["count"], row["mean"], row["std"]
         rs = runs[(fraction, count, row["method"])]
-        peer = peer_mean.get((fraction, count))
-        ratio = f"{mean / peer:.3f}" if peer and math.isfinite(peer) and math.isfinite(mean) else "–"
+        ratio, ratio_scratch = (f"{mean / ref:.3f}" if ref and math.isfinite(ref) and math.isfinite(mean) else "–"
+                                for ref in (peer_mean.get((fraction, count)), scratch_mean.get((fraction, count))))
         walls = [r["wall_s"] for r in rs if r.get("wall_s") is not None]
         pre = rs[0].get("pretrain_wall_s")
         value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
         lines.append(f"| {row['method']} | {budget_label(fraction, count, unit)} | {row['n_labelled']:g} | "
-                     f"{row['n_seeds']} | {value} | {ratio} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
+                     f"{row['n_seeds']} | {value} | {ratio} | {ratio_scratch} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
     lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
     for arm, p in report["pretraining"].items():
         before, after = (p.get(k) for k in ("val_loss_before", "val_loss_after"))

@@ -51,6 +51,7 @@ def test_markdown_ratio_to_peer_and_mean_std():
     assert float(rows["simclr finetune"][5]) == pytest.approx(0.94 / 0.90, abs=1e-3)
     assert float(rows["scratch"][5]) == pytest.approx(0.82 / 0.90, abs=1e-3)
     assert rows["lightly_simclr finetune"][5] == "1.000"
+    assert float(rows["simclr finetune"][6]) == pytest.approx(0.94 / 0.82, abs=1e-3) and rows["scratch"][6] == "1.000"
     # the peer row precedes the medssl row (arm order), scratch first
     order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "%" in line]
     assert order == ["scratch", "lightly_simclr finetune", "simclr finetune"]
