@@ -106,6 +106,35 @@ def test_ema_update_count_and_value() -> None:
     assert calls == [0.75] * 4  # once per optimizer step (not per micro-batch) x (encoder, projector)
 
 
+def test_simclr_separate_views_normalises_each_view_on_its_own() -> None:
+    """separate_views: the loss of each view encoded and projected as its own batch (BatchNorm statistics per
+    view); by default one batch of both views. In eval mode (running statistics) the two agree."""
+    from medssl.losses.ntxent import nt_xent
+
+    batch = views_batch(6, 2, 8)
+    x1, x2 = batch["global_views"]
+    for separate in (False, True):
+        torch.manual_seed(0)
+        method = make(SimCLR, separate_views=separate, temperature=0.2)
+        state = {k: v.clone() for k, v in method.state_dict().items()}
+        got = method.compute_loss(batch, torch.Generator())["loss"]
+        method.load_state_dict(state)  # the running statistics as before the call
+        if separate:
+            want = nt_xent(method.projector(method.encoder(x1)), method.projector(method.encoder(x2)), 0.2)
+        else:
+            want = nt_xent(*method.projector(method.encoder(torch.cat([x1, x2]))).chunk(2), 0.2)
+        assert torch.allclose(got, want, atol=1e-6)
+    torch.manual_seed(0)
+    joint, apart = make(SimCLR), make(SimCLR, separate_views=True)
+    apart.load_state_dict(joint.state_dict())
+    assert not torch.allclose(joint.compute_loss(batch, torch.Generator())["loss"],
+                              apart.compute_loss(batch, torch.Generator())["loss"])  # batch statistics differ
+    apart.load_state_dict(joint.state_dict())  # same running statistics
+    joint.eval(), apart.eval()
+    assert torch.allclose(joint.compute_loss(batch, torch.Generator())["loss"],
+                          apart.compute_loss(batch, torch.Generator())["loss"], atol=1e-6)
+
+
 def test_missing_views_is_a_config_error() -> None:
     method = make(SimCLR)
     with pytest.raises(MedsslError, match="data.views"):
