@@ -318,8 +318,9 @@ def markdown(report: dict[str, Any]) -> str:
         pre = rs[0].get("pretrain_wall_s")
         value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
+        pre_wall = "–" if pre is None else f"{pre:.0f}"
         lines.append(f"| {row['method']} | {budget_label(fraction, count, unit)} | {row['n_labelled']:g} | "
-                     f"{row['n_seeds']} | {value} | {ratio} | {ratio_scratch} | {wall} | {'–' if pre is None else f'{pre:.0f}'} |")
+                     f"{row['n_seeds']} | {value} | {ratio} | {ratio_scratch} | {wall} | {pre_wall} |")
     lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
     for arm, p in report["pretraining"].items():
         before, after = (p.get(k) for k in ("val_loss_before", "val_loss_after"))

@@ -120,12 +120,12 @@ class DicomVolume:
         # integer arithmetic only where it cannot overflow: stored values < 2**32 times |slope| < 2**20 plus
         # |intercept| < 2**40 fit int64; int32 where values < 2**16, |slope| < 2**14 and |intercept| < 2**30
         # (an intercept of 2**31 would otherwise wrap around in int32)
-        exact = np.abs(self.slopes).max() < 2**20 and np.abs(self.intercepts).max() < 2**40
-        if whole and exact and np.issubdtype(self.raw.dtype, np.integer):
+        max_slope, max_intercept = np.abs(self.slopes).max(), np.abs(self.intercepts).max()
+        if whole and max_slope < 2**20 and max_intercept < 2**40 and np.issubdtype(self.raw.dtype, np.integer):
             fast = self._whole_rescale_16()
             if fast is not None:
                 return fast
-            small = np.abs(self.slopes).max() < 2**14 and np.abs(self.intercepts).max() < 2**30
+            small = max_slope < 2**14 and max_intercept < 2**30
             work = np.int32 if self.raw.dtype.itemsize <= 2 and small else np.int64
             out = self.raw.astype(work) * s.astype(work) + i.astype(work)
             for dtype in (np.int16, np.int32):
