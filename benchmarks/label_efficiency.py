@@ -2,7 +2,7 @@
 """Label efficiency side by side: from scratch vs the lightly peer vs medssl's methods, same splits, seeds, budget.
 
 One invocation pretrains every arm on the unlabeled train split of a dataset with the **same pretraining budget**
-(``--epochs`` epochs at the dataset's batch size, seed 0), then evaluates every arm with the **same few-label
+(``--epochs`` epochs at the dataset's batch size, for each ``--pretrain-seeds`` seed; default 0), then evaluates every arm with the **same few-label
 protocol and code** (:mod:`medssl.finetune.protocol` for classification, :mod:`medssl.finetune.seg_protocol` for
 segmentation) on the same recorded label subsets and seeds, scored on the test split; checkpoint selection uses
 the validation split only.
@@ -126,9 +126,10 @@ def _overlay_views(ds: Dataset) -> dict[str, Any]:
 
 
 def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: Path, epochs: int,
-                    quick: bool, overrides: list[str] | None = None) -> dict[str, Any]:
+                    quick: bool, overrides: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
     """``medssl pretrain`` of one arm; returns the card path, steps and wall seconds. ``overrides``: config
-    settings ``KEY=VALUE`` given to the pretraining CLI after the config files (``--KEY=VALUE``)."""
+    settings ``KEY=VALUE`` given to the pretraining CLI after the config files (``--KEY=VALUE``); ``seed``: the
+    run's ``seed_everything`` (initialisation, views, data order)."""
     from medssl.training.cli import PretrainCLI
 
     if ds.kind == "seg":
@@ -155,7 +156,8 @@ def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: 
             args += [f"--data.views.init_args.num_local={2 if len(local) == 3 else 4}",
                      f"--data.views.init_args.local_size={local}"]
     args += [f"--{o}" for o in overrides or []]
-    args += ["--run_dir", str(run_dir), f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false"]
+    args += ["--run_dir", str(run_dir), f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
+             f"--seed_everything={seed}"]
     if quick:
         args += ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--data.batch_size=8"]
     summary = PretrainCLI(args=args).summary
@@ -165,12 +167,14 @@ def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: 
 
 
 def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, epochs: int,
-                 quick: bool, reuse: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
+                 quick: bool, reuse: bool = False, overrides: list[str] | None = None,
+                 seed: int = 0) -> dict[str, Any]:
     """Pretrain one arm into ``work/pretrain_<arm>`` and record its summary there (``bench_pretrain.json``).
 
-    ``reuse``: an earlier run of the same arm, epochs, quick setting and overrides in that folder is taken as it is
-    (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``
+    ``reuse``: an earlier run of the same arm, epochs, quick setting, overrides and seed in that folder is taken as
+    it is (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``
     (medssl arms only): pretraining config settings; such a run goes to ``pretrain_<arm>_<hash of the overrides>``.
+    ``seed``: the pretraining seed; seeds other than 0 go to ``..._s<seed>``.
     """
     import hashlib
 
@@ -178,15 +182,15 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
 
     overrides = [] if arm == PEER else list(overrides or [])
     suffix = "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
-    run_dir = work / f"pretrain_{arm}{suffix}"
+    run_dir = work / f"pretrain_{arm}{suffix}{f'_s{seed}' if seed else ''}"
     summary_path = run_dir / "bench_pretrain.json"
     if reuse and summary_path.is_file():
         done = json.loads(summary_path.read_text())
-        if (done.get("requested_epochs"), done.get("quick"), done.get("overrides", [])) == (
-                epochs, quick, overrides) and Path(done["card"]).is_file():
+        if (done.get("requested_epochs"), done.get("quick"), done.get("overrides", []), done.get("seed", 0)) == (
+                epochs, quick, overrides, seed) and Path(done["card"]).is_file():
             print(f"== reuse pretrained {arm} on {ds.name}: {done['card']}", flush=True)
             return {**done, "reused": True}
-    print(f"== pretrain {arm} on {ds.name} ({epochs} epochs)", flush=True)
+    print(f"== pretrain {arm} on {ds.name} ({epochs} epochs, seed {seed})", flush=True)
     if arm == PEER:
         if ds.kind != "cls":
             raise SystemExit(f"the lightly peer is defined for the MedMNIST classification datasets, not {ds.name}")
@@ -194,10 +198,10 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
 
         done = pretrain_lightly_simclr(data_path, _cls_architecture(ds), run_dir, epochs=epochs,
                                        batch_size=8 if quick else ds.batch_size, views_3d=_overlay_views(ds),
-                                       max_steps=2 if quick else None)
+                                       max_steps=2 if quick else None, seed=seed)
     else:
-        done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick, overrides)
-    done.update(requested_epochs=epochs, quick=quick, overrides=overrides)
+        done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick, overrides, seed)
+    done.update(requested_epochs=epochs, quick=quick, overrides=overrides, seed=seed)
     atomic_write_json(summary_path, done)
     return done
 
@@ -205,8 +209,9 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds: list[int],
                  fractions: list[float], work: Path, quick: bool, arm_overrides: dict[str, Any],
-                 reuse: bool = False) -> dict[str, Any]:
-    """The few-label classification protocol for one arm; returns the protocol's result JSON."""
+                 reuse: bool = False, label: str | None = None) -> dict[str, Any]:
+    """The few-label classification protocol for one arm; returns the protocol's result JSON (folder
+    ``work/eval_<label>``, label = the arm by default)."""
     from medssl.finetune.protocol import ProtocolConfig, run_protocol
 
     overrides: dict[str, Any] = {"path": str(data_path), "seeds": seeds, "fractions": fractions, "plot": False,
@@ -221,7 +226,7 @@ def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds
         overrides.update(epochs=1, min_steps=2, max_eval=64, batch_size=16)
     overrides.update(arm_overrides)
     cfg = ProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
-    out = work / f"eval_{arm}"
+    out = work / f"eval_{label or arm}"
     path = out / f"label_efficiency_{data_path.stem}.json"
     done = _finished(path, cfg, card) if reuse else None
     if done is None:
@@ -230,8 +235,10 @@ def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds
 
 
 def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[int], counts: list[int],
-                 work: Path, quick: bool, arm_overrides: dict[str, Any], reuse: bool = False) -> dict[str, Any]:
-    """The few-label segmentation protocol for one arm (``scratch`` takes only the architecture of ``card``)."""
+                 work: Path, quick: bool, arm_overrides: dict[str, Any], reuse: bool = False,
+                 label: str | None = None) -> dict[str, Any]:
+    """The few-label segmentation protocol for one arm (``scratch`` takes only the architecture of ``card``);
+    folder ``work/eval_<label>``, label = the arm by default."""
     from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
 
     overrides: dict[str, Any] = {"root": str(data_path), "seeds": seeds, "counts": counts, "plot": False,
@@ -241,7 +248,7 @@ def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[
         overrides.update(epochs=1, min_steps=2)
     overrides.update(arm_overrides)
     cfg = SegProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
-    out = work / f"eval_{arm}"
+    out = work / f"eval_{label or arm}"
     path = out / f"label_efficiency_{cfg.name}.json"
     done = _finished(path, cfg, card) if reuse else None
     if done is None:
@@ -259,7 +266,10 @@ def _finished(path: Path, cfg: Any, card: str | None) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     done = json.loads(path.read_text())
-    same_config = done.get("config") == json.loads(json.dumps(asdict(cfg)))
+    now = json.loads(json.dumps(asdict(cfg)))
+    defaults = json.loads(json.dumps(asdict(type(cfg)(**{k: now[k] for k in _required(type(cfg))}))))
+    then = {**{k: v for k, v in defaults.items() if k not in (done.get("config") or {})}, **(done.get("config") or {})}
+    same_config = then == now  # a field added since, left at its default, is the same config
     sha = read_card(card)[0]["weights"]["sha256"] if card else None
     same_weights = (done.get("encoder") or {}).get("sha256") == sha
     if done.get("complete") and same_config and same_weights:
@@ -268,8 +278,17 @@ def _finished(path: Path, cfg: Any, card: str | None) -> dict[str, Any] | None:
     return None
 
 
-def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The protocol's records relabelled ``<arm> <evaluation>`` with each run's wall seconds attached."""
+def _required(cls: type) -> list[str]:
+    """The fields of dataclass ``cls`` without a default."""
+    from dataclasses import MISSING, fields
+
+    return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+
+
+def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | None,
+                pretrain_seed: int | None = None) -> list[dict[str, Any]]:
+    """The protocol's records relabelled ``<arm> <evaluation>`` with each run's wall seconds and the arm's
+    pretraining seed (None for scratch) attached."""
     walls = {(r["method"], r.get("fraction"), r.get("count"), r["seed"]): r.get("wall_s") for r in result["runs"]}
     out = []
     for r in result["records"]:
@@ -277,7 +296,8 @@ def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | Non
         label = "scratch" if arm == "scratch" else f"{arm} {evaluation}"
         out.append({**r, "arm": arm, "evaluation": evaluation, "method": label,
                     "wall_s": walls.get((evaluation, r.get("fraction"), r.get("count"), r["seed"])),
-                    "pretrain_wall_s": None if pretrain is None else pretrain["wall_s"]})
+                    "pretrain_wall_s": None if pretrain is None else pretrain["wall_s"],
+                    "pretrain_seed": None if arm == "scratch" else pretrain_seed})
     return out
 
 
@@ -299,10 +319,15 @@ def markdown(report: dict[str, Any]) -> str:
     machine_line = (f"Machine: {m['cpu']} ({m.get('cores_usable', m['cores'])} cores usable), torch "
                     f"{m['versions'].get('torch')}, lightly {m['versions'].get('lightly')}, {m['date']}; load average "
                     f"start {m['loadavg_start']}, end {m.get('loadavg_end')}.")
+    pseeds = st.get("pretrain_seeds", [0])
+    pooled = (f"seeds {st['seeds']}" if len(pseeds) == 1 else
+              f"every (pretraining seed, fine-tuning seed) pair of {pseeds} x {st['seeds']} (scratch: fine-tuning "
+              "seeds only)")
     budget_line = (f"Pretraining budget: {st['epochs']} epoch(s) per arm at batch size {st['batch_size']} on the "
-                   f"unlabeled train split, seed 0. Test-split {metric}, mean ± sample std over seeds {st['seeds']}; "
+                   f"unlabeled train split, pretraining seed{'s' if len(pseeds) > 1 else ''} "
+                   f"{', '.join(map(str, pseeds))}. Test-split {metric}, mean ± sample std over {pooled}; "
                    f"ratio = mean / mean of `{PEER} finetune` (the peer) or of `scratch` at the same budget.")
-    header = (f"| arm / evaluation | labels | n labelled | seeds | test {metric} | ratio to peer | ratio to scratch "
+    header = (f"| arm / evaluation | labels | n labelled | runs | test {metric} | ratio to peer | ratio to scratch "
               "| eval wall s (mean) | pretrain wall s |")
     lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
@@ -369,7 +394,8 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
         "format": "medssl-label-efficiency-benchmark", "format_version": 1, "dataset": ds.name, "kind": ds.kind,
         "metric": METRIC[ds.kind], "machine": info, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "settings": {"arms": arms, "epochs": epochs, "batch_size": 8 if args.quick else ds.batch_size,
-                     "seeds": seeds, "fractions": fractions if ds.kind == "cls" else None,
+                     "seeds": seeds, "pretrain_seeds": list(args.pretrain_seeds),
+                     "fractions": fractions if ds.kind == "cls" else None,
                      "counts": counts if ds.kind == "seg" else None, "quick": args.quick,
                      "threads": torch.get_num_threads(), "finetune_overrides": args.finetune_override,
                      "protocol_overrides": args.protocol_override,
@@ -379,39 +405,51 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    pseeds = list(args.pretrain_seeds)
     with tempfile.TemporaryDirectory() as tmp:
         pretrained = [a for a in arms if a != "scratch"]
-        cards: dict[str, str] = {}
-        for arm in pretrained:
-            p = pretrain_arm(arm, ds, data_path, work / ds.name, Path(tmp), epochs, args.quick, args.reuse,
-                             args.pretrain_override)
-            report["pretraining"][arm] = p
-            cards[arm] = p["card"]
+        cards: dict[tuple[str, int], str] = {}
+        for pseed in pseeds:
+            for arm in pretrained:
+                p = pretrain_arm(arm, ds, data_path, work / ds.name, Path(tmp), epochs, args.quick, args.reuse,
+                                 args.pretrain_override, pseed)
+                report["pretraining"][_pretrain_key(arm, pseed)] = p
+                cards[arm, pseed] = p["card"]
         eval_root = work / ds.name / (f"eval_{args.tag}" if args.tag else "eval")
         for arm in arms:
-            t0 = time.perf_counter()
-            print(f"== evaluate {arm} on {ds.name}", flush=True)
-            extra = {**args.protocol_override_map,
-                     **(args.finetune_override_map if arm != "scratch" else {})}
-            if ds.kind == "cls":
-                result = evaluate_cls(arm, ds, data_path, cards.get(arm), seeds, fractions, eval_root,
-                                      args.quick, extra, args.reuse)
-            else:
-                if not cards:
-                    raise SystemExit("hippocampus needs at least one pretrained arm (its card gives scratch the "
-                                     "architecture and preprocessing plan)")
-                card = cards.get(arm) or next(iter(cards.values()))
-                result = evaluate_seg(arm, ds, data_path, card, seeds, counts, eval_root, args.quick, extra,
-                                      args.reuse)
-            report["data"].update({k: v for k, v in result["data"].items() if k.startswith("n_") or k == "sha256"})
-            report["records"] += arm_records(arm, result, report["pretraining"].get(arm))
-            print(f"   {arm}: {time.perf_counter() - t0:.0f} s", flush=True)
-            info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-            write_report(report, out)
+            for pseed in pseeds[:1] if arm == "scratch" else pseeds:
+                t0 = time.perf_counter()
+                print(f"== evaluate {arm} on {ds.name}" + (f" (pretraining seed {pseed})" if pseed else ""),
+                      flush=True)
+                extra = {**args.protocol_override_map,
+                         **(args.finetune_override_map if arm != "scratch" else {})}
+                label = arm + (f"_ps{pseed}" if pseed else "")
+                if ds.kind == "cls":
+                    result = evaluate_cls(arm, ds, data_path, cards.get((arm, pseed)), seeds, fractions, eval_root,
+                                          args.quick, extra, args.reuse, label)
+                else:
+                    if not cards:
+                        raise SystemExit("hippocampus needs at least one pretrained arm (its card gives scratch "
+                                         "the architecture and preprocessing plan)")
+                    card = cards.get((arm, pseed)) or next(iter(cards.values()))
+                    result = evaluate_seg(arm, ds, data_path, card, seeds, counts, eval_root, args.quick, extra,
+                                          args.reuse, label)
+                report["data"].update({k: v for k, v in result["data"].items()
+                                       if k.startswith("n_") or k == "sha256"})
+                report["records"] += arm_records(arm, result, report["pretraining"].get(_pretrain_key(arm, pseed)),
+                                                 pseed)
+                print(f"   {arm}: {time.perf_counter() - t0:.0f} s", flush=True)
+                info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+                write_report(report, out)
     report["complete"] = True
     write_report(report, out)
     print(markdown(report), flush=True)
     return report
+
+
+def _pretrain_key(arm: str, seed: int) -> str:
+    """The arm's key in the report's ``pretraining`` table: the arm for seed 0, ``<arm> seed <seed>`` otherwise."""
+    return arm if seed == 0 else f"{arm} seed {seed}"
 
 
 def _version(package: str) -> str | None:
@@ -438,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=["scratch", PEER, "simclr", "mae"])
     parser.add_argument("--epochs", type=int, default=15, help="pretraining epochs of every arm (equal budget)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--pretrain-seeds", nargs="+", type=int, default=[0],
+                        help="pretraining seeds of every pretrained arm; each is evaluated with every --seeds "
+                             "fine-tuning seed and the table pools them (scratch has no pretraining seed)")
     parser.add_argument("--fractions", nargs="+", type=float, default=None, help="default: the dataset's")
     parser.add_argument("--counts", nargs="+", type=int, default=None, help="labelled cases (segmentation)")
     parser.add_argument("--protocol-override", nargs="*", default=[], metavar="KEY=VALUE",

@@ -50,7 +50,8 @@ METHODS = ("linear_probe", "knn", "finetune", "scratch")
 METRICS = ("auroc", "accuracy", "balanced_accuracy")
 NEEDS_ENCODER = ("linear_probe", "knn", "finetune")
 RESULT_FORMAT = "medssl-label-efficiency"
-FLOAT_FIELDS = ("lr", "scratch_lr", "weight_decay", "warmup", "dropout", "layer_decay", "knn_temperature", "probe_C")
+FLOAT_FIELDS = ("lr", "scratch_lr", "weight_decay", "warmup", "dropout", "layer_decay", "ema_decay", "knn_temperature",
+                "probe_C")
 
 
 @dataclass
@@ -64,6 +65,8 @@ class ProtocolConfig:
     of small subsets (:func:`~medssl.finetune.classification.fit_classifier`); ``max_eval`` caps validation and
     test. ``augment``: ``finetune`` and ``scratch`` train on the labelled items perturbed anew every epoch by
     :func:`~medssl.transforms.finetune_augment.finetune_augment` (small affine + intensity; no flips).
+    ``ema_decay`` > 0: ``finetune`` and ``scratch`` validate, select and test an exponential moving average of
+    their weights (:func:`~medssl.finetune.trainer.fit_best`); 0 = off.
     """
 
     path: str
@@ -89,6 +92,7 @@ class ProtocolConfig:
     layer_decay: float = 1.0
     dropout: float = 0.0
     augment: bool = False
+    ema_decay: float = 0.0
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_C: float = 1.0
@@ -192,6 +196,8 @@ class ProtocolConfig:
             raise bad("dropout", "must lie in [0, 1)")
         if not isinstance(self.layer_decay, (int, float)) or not 0 < self.layer_decay <= 1:
             raise bad("layer_decay", "must lie in (0, 1]")
+        if not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
+            raise bad("ema_decay", "must lie in [0, 1) (0 = off)")
         return self
 
     def budgets(self) -> list[tuple[float | None, int | None]]:
@@ -330,5 +336,5 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
                          patience=cfg.patience, min_steps=cfg.min_steps, num_classes=num_classes,
                          freeze_encoder_epochs=cfg.freeze_encoder_epochs if method == "finetune" else 0,
                          layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-                         dropout=cfg.dropout, run_dir=run_dir)
+                         dropout=cfg.dropout, ema_decay=cfg.ema_decay, run_dir=run_dir)
     return out

@@ -57,6 +57,25 @@ def test_markdown_ratio_to_peer_and_mean_std():
     assert order == ["scratch", "lightly_simclr finetune", "simclr finetune"]
 
 
+def test_finished_evaluation_reuse_tolerates_fields_added_at_their_default(tmp_path):
+    from dataclasses import asdict
+
+    from medssl.finetune.protocol import ProtocolConfig
+
+    bench = load_bench()
+    cfg = ProtocolConfig(path="x.npz", architecture={"name": "resnet", "kwargs": {}}, fractions=[0.1],
+                         methods=["scratch"])
+    old = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k != "ema_decay"}  # before the field
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"complete": True, "config": old, "encoder": None}))
+    assert bench._finished(path, cfg, None) is not None
+    cfg.ema_decay = 0.9  # not the default: a different protocol, evaluated anew
+    assert bench._finished(path, cfg, None) is None
+    path.write_text(json.dumps({"complete": False, "config": old, "encoder": None}))
+    cfg.ema_decay = 0.0
+    assert bench._finished(path, cfg, None) is None  # an interrupted evaluation is never reused
+
+
 def test_arm_records_relabel_and_carry_wall_times():
     bench = load_bench()
     result = {"runs": [{"method": "finetune", "fraction": 0.01, "count": None, "seed": 1, "wall_s": 3.5}],
@@ -125,6 +144,24 @@ def test_quick_run_scratch_and_medssl_arm(tmp_path, shared_data, monkeypatch, ca
     assert capsys.readouterr().out.count("reuse evaluation") == 2
     second = json.loads((tmp_path / "res2" / "label_efficiency_pneumoniamnist_quick.json").read_text())
     assert second["records"] == first["records"]
+
+    # --pretrain-seeds: seed 0 is the run above (reused, as are its evaluations), seed 1 is pretrained in its own
+    # folder with seed_everything=1; the table pools both; scratch has no pretraining seed and runs once
+    capsys.readouterr()
+    assert bench.main(["--quick", "--arms", "scratch", "simclr", "--reuse", "--pretrain-seeds", "0", "1",
+                       "--out", str(tmp_path / "res2"), "--workdir", str(tmp_path / "work")]) == 0
+    assert capsys.readouterr().out.count("reuse evaluation") == 2
+    seeded = json.loads((tmp_path / "res2" / "label_efficiency_pneumoniamnist_quick.json").read_text())
+    assert seeded["pretraining"]["simclr"]["reused"] is True and seeded["settings"]["pretrain_seeds"] == [0, 1]
+    pre1 = seeded["pretraining"]["simclr seed 1"]
+    assert Path(pre1["card"]).parent.name == "pretrain_simclr_s1" and pre1["seed"] == 1
+    assert yaml.safe_load((Path(pre1["card"]).parent / "config.yaml").read_text())["seed_everything"] == 1
+    finetune = [r for r in seeded["records"] if r["method"] == "simclr finetune" and r["metric"] == "auroc"]
+    assert sorted(r["pretrain_seed"] for r in finetune) == [0, 1]
+    assert [r["pretrain_seed"] for r in seeded["records"] if r["method"] == "scratch" and r["metric"] == "auroc"] \
+        == [None]
+    text = (tmp_path / "res2" / "label_efficiency_pneumoniamnist_quick.md").read_text()
+    assert "| simclr finetune | 1% | 47 | 2 |" in text and "pretraining seeds 0, 1" in text
 
 
 @pytest.mark.realdata

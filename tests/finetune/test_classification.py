@@ -138,3 +138,19 @@ def test_min_steps_stretches_small_subsets(tiny_card, splits, one_thread):
     assert out["epochs_trained"] == 6 and out["best_epoch"] in (2, 5)  # validated after epochs 3 and 6 only
     full = fit_classifier(tiny_card, None, train, val, test, epochs=2, batch_size=16, min_steps=6, patience=None)
     assert (full["max_epochs"], full["val_every_n_epochs"]) == (2, 1)  # 4 steps per epoch: already enough
+
+
+def test_ema_weights_are_validated_kept_and_restored(tiny_card, splits, tmp_path, one_thread):
+    train, val, _ = splits
+    module = ClassificationFinetuner(num_classes=2, encoder=str(tiny_card), optim={"lr": 3e-3})
+    info = train_classifier(module, train, val, epochs=3, batch_size=16, seed=0, run_dir=tmp_path, ema_decay=0.8)
+    ckpt = torch.load(info["checkpoint"], map_location="cpu", weights_only=True)
+    state = module.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in ckpt["state_dict"].items())  # the average is what is kept
+    live = ckpt["current_model_state"]
+    assert not torch.equal(live["model.encoder.conv1.weight"], state["model.encoder.conv1.weight"])
+    probs, labels = predict_proba(module.model, val)  # validation scored the averaged weights
+    assert classification.classification_metrics(labels, probs) == pytest.approx(
+        {k: info["best_val"][k] for k in ("accuracy", "balanced_accuracy", "auroc")})
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_classifier(module, train, val, epochs=1, batch_size=16, ema_decay=1.0)
