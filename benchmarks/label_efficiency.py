@@ -227,11 +227,8 @@ def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds
     overrides.update(arm_overrides)
     cfg = ProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
     out = work / f"eval_{label or arm}"
-    path = out / f"label_efficiency_{data_path.stem}.json"
-    done = _finished(path, cfg, card) if reuse else None
-    if done is None:
-        run_protocol(cfg, out, progress=False)
-    return done or json.loads(path.read_text())
+    return _run_or_reuse(out / f"label_efficiency_{data_path.stem}.json", cfg, card, reuse,
+                         lambda: run_protocol(cfg, out, progress=False))
 
 
 def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[int], counts: list[int],
@@ -249,10 +246,16 @@ def evaluate_seg(arm: str, ds: Dataset, data_path: Path, card: str, seeds: list[
     overrides.update(arm_overrides)
     cfg = SegProtocolConfig.from_yaml(FINETUNE / ds.protocol, **overrides)
     out = work / f"eval_{label or arm}"
-    path = out / f"label_efficiency_{cfg.name}.json"
+    return _run_or_reuse(out / f"label_efficiency_{cfg.name}.json", cfg, card, reuse,
+                         lambda: run_seg_protocol(cfg, out, progress=False))
+
+
+def _run_or_reuse(path: Path, cfg: Any, card: str | None, reuse: bool, run: Any) -> dict[str, Any]:
+    """The protocol result at ``path``: taken as it is when ``reuse`` and it is finished (:func:`_finished`), else
+    written by ``run()``."""
     done = _finished(path, cfg, card) if reuse else None
     if done is None:
-        run_seg_protocol(cfg, out, progress=False)
+        run()
     return done or json.loads(path.read_text())
 
 

@@ -235,7 +235,7 @@ def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> 
 def train_classifier(module: ClassificationFinetuner, train_ds: Dataset, val_ds: Dataset, *, epochs: int,
                      batch_size: int, seed: int = 0, patience: int | None = None, val_every_n_epochs: int = 1,
                      run_dir: str | Path | None = None, accelerator: str = "cpu",
-                     progress: bool = False, ema_decay: float = 0.0) -> dict[str, Any]:
+                     progress: bool = False, ema_decay: float = 0.0, select: str = "best") -> dict[str, Any]:
     """Train ``module`` and leave it holding its best checkpoint by validation AUROC; return what happened.
 
     ``run_dir`` keeps ``checkpoints/best.ckpt`` and a CSV log (``metrics.csv``); without it both go to a temporary
@@ -247,7 +247,8 @@ def train_classifier(module: ClassificationFinetuner, train_ds: Dataset, val_ds:
     return fit_best(module, _loader(train_ds, batch_size, True, seed), _loader(val_ds, batch_size, False, 0),
                     monitor=MONITOR, mode="max", epochs=epochs, patience=patience,
                     val_every_n_epochs=val_every_n_epochs, run_dir=run_dir, seed=seed, accelerator=accelerator,
-                    progress=progress, scratch_prefix="medssl-finetune-", ema_decay=ema_decay)
+                    progress=progress, scratch_prefix="medssl-finetune-", ema_decay=ema_decay,
+                    select=select)
 
 
 def _num_classes(*datasets: Dataset) -> int:
@@ -269,7 +270,8 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0, patience: int | None = 5,
                    min_steps: int = 0, num_classes: int | None = None, freeze_encoder_epochs: int = 0,
                    layer_decay: float = 1.0, weight_decay: float = 0.05, warmup: float = 0.1, dropout: float = 0.0,
-                   ema_decay: float = 0.0, run_dir: str | Path | None = None, accelerator: str = "cpu",
+                   ema_decay: float = 0.0, select: str = "best", run_dir: str | Path | None = None,
+                   accelerator: str = "cpu",
                    progress: bool = False) -> dict[str, Any]:
     """Train a classifier and return its metrics on ``test_ds`` (one JSON-serialisable dict).
 
@@ -294,7 +296,7 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
         optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
     info = train_classifier(module, train_ds, val_ds, epochs=epochs * stretch, batch_size=batch_size, seed=seed,
                             patience=patience, val_every_n_epochs=stretch, run_dir=run_dir,
-                            accelerator=accelerator, progress=progress, ema_decay=ema_decay)
+                            accelerator=accelerator, progress=progress, ema_decay=ema_decay, select=select)
     probs, labels = predict_proba(module.model, test_ds, batch_size=max(batch_size, 256))
     report = module.load_report
     return {
@@ -302,7 +304,7 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
         "metrics": classification_metrics(labels, probs),
         **info,
         "max_epochs": epochs * stretch, "val_every_n_epochs": stretch, "steps_per_epoch": steps_per_epoch,
-        "ema_decay": ema_decay,
+        "ema_decay": ema_decay, "select": select,
         "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
         "encoder_sha256": module.encoder_sha256,
         "load_report": None if report is None else {"summary": report.summary(), "matched": len(report.matched),

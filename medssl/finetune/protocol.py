@@ -66,7 +66,10 @@ class ProtocolConfig:
     test. ``augment``: ``finetune`` and ``scratch`` train on the labelled items perturbed anew every epoch by
     :func:`~medssl.transforms.finetune_augment.finetune_augment` (small affine + intensity; no flips).
     ``ema_decay`` > 0: ``finetune`` and ``scratch`` validate, select and test an exponential moving average of
-    their weights (:func:`~medssl.finetune.trainer.fit_best`); 0 = off.
+    their weights (:func:`~medssl.finetune.trainer.fit_best`); 0 = off. ``select``: ``best`` (the checkpoint of
+    the best validation AUROC) or ``last`` (the final weights; the validation split is not used to pick an epoch,
+    which removes the selection noise of a small validation split; ``patience`` is not used: every run trains all
+    its epochs).
     """
 
     path: str
@@ -93,6 +96,7 @@ class ProtocolConfig:
     dropout: float = 0.0
     augment: bool = False
     ema_decay: float = 0.0
+    select: str = "best"
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_C: float = 1.0
@@ -198,6 +202,8 @@ class ProtocolConfig:
             raise bad("layer_decay", "must lie in (0, 1]")
         if not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
             raise bad("ema_decay", "must lie in [0, 1) (0 = off)")
+        if self.select not in ("best", "last"):
+            raise bad("select", "must be 'best' or 'last'")
         return self
 
     def budgets(self) -> list[tuple[float | None, int | None]]:
@@ -333,8 +339,10 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
     out = fit_classifier(cfg.encoder if method == "finetune" else None, architecture, labelled, val, test,
                          mode="finetune", epochs=cfg.epochs, batch_size=cfg.batch_size,
                          lr=cfg.lr if method == "finetune" else (cfg.scratch_lr or cfg.lr), seed=subset.seed,
-                         patience=cfg.patience, min_steps=cfg.min_steps, num_classes=num_classes,
+                         patience=None if cfg.select == "last" else cfg.patience, min_steps=cfg.min_steps,
+                         num_classes=num_classes,
                          freeze_encoder_epochs=cfg.freeze_encoder_epochs if method == "finetune" else 0,
                          layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-                         dropout=cfg.dropout, ema_decay=cfg.ema_decay, run_dir=run_dir)
+                         dropout=cfg.dropout, ema_decay=cfg.ema_decay, select=cfg.select,
+                         run_dir=run_dir)
     return out

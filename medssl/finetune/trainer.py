@@ -64,7 +64,7 @@ def check_budget(epochs: int, batch_size: int, val_every_n_epochs: int, patience
 def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: DataLoader, *, monitor: str,
              mode: str = "max", epochs: int, patience: int | None = None, val_every_n_epochs: int = 1,
              run_dir: str | Path | None = None, seed: int = 0, accelerator: str = "cpu", progress: bool = False,
-             scratch_prefix: str = "medssl-fit-", ema_decay: float = 0.0) -> dict[str, Any]:
+             scratch_prefix: str = "medssl-fit-", ema_decay: float = 0.0, select: str = "best") -> dict[str, Any]:
     """Train ``module`` and leave it (on the CPU) holding its best checkpoint by ``monitor``; return what happened.
 
     ``ema_decay`` > 0 keeps an exponential moving average of the weights and BatchNorm statistics, updated after
@@ -72,6 +72,9 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
     checkpoint kept (and left in ``module``) holds them. With the few hundred steps of a few-label run, a decay of
     0.9-0.98 (an average over the last 10-50 steps) smooths the step-to-step noise that a small validation split
     would otherwise select on.
+
+    ``select="last"`` keeps the weights of the final epoch instead of the best validated ones (no checkpoint
+    selection, so no early stopping: ``patience`` must be None). Validation still runs and is recorded.
 
     Returns ``best_epoch``, ``best_val`` (the entry of ``module.val_history`` of that epoch, ``{}`` when the module
     keeps no history), ``epochs_trained``, ``stopped_early`` and ``checkpoint`` (the path under ``run_dir``, None
@@ -84,11 +87,18 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must lie in [0, 1) (0 = off), got {ema_decay}")
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    if select == "last" and patience is not None:
+        raise ValueError("select='last' keeps the final weights; early stopping (patience) selects by validation, "
+                         "so it needs patience=None")
     check_budget(epochs, 1, val_every_n_epochs, patience)
     scratch = tempfile.TemporaryDirectory(prefix=scratch_prefix) if run_dir is None else None
     root = Path(scratch.name if scratch is not None else run_dir)
     try:
-        best = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=monitor, mode=mode,
+        # monitor=None: the newest validated weights replace the previous ones (the final epoch validates)
+        best = ModelCheckpoint(dirpath=root / "checkpoints", filename=select,
+                               monitor=monitor if select == "best" else None, mode=mode,
                                save_top_k=1, save_weights_only=not ema_decay, auto_insert_metric_name=False,
                                enable_version_counter=False)
         stopper = EarlyStopping(monitor=monitor, mode=mode, patience=patience) if patience else None

@@ -154,3 +154,18 @@ def test_ema_weights_are_validated_kept_and_restored(tiny_card, splits, tmp_path
         {k: info["best_val"][k] for k in ("accuracy", "balanced_accuracy", "auroc")})
     with pytest.raises(ValueError, match="ema_decay"):
         train_classifier(module, train, val, epochs=1, batch_size=16, ema_decay=1.0)
+
+
+def test_select_last_keeps_the_final_weights(tiny_card, splits, tmp_path, one_thread):
+    train, val, _ = splits
+    module = ClassificationFinetuner(num_classes=2, encoder=str(tiny_card), optim={"lr": 3e-3})
+    info = train_classifier(module, train, val, epochs=3, batch_size=16, seed=0, run_dir=tmp_path, select="last")
+    assert info["best_epoch"] == 2 and info["epochs_trained"] == 3 and len(module.val_history) == 3
+    assert info["best_val"] == module.val_history[-1] and info["checkpoint"].endswith("last.ckpt")
+    probs, labels = predict_proba(module.model, val)
+    assert classification.classification_metrics(labels, probs) == pytest.approx(
+        {k: module.val_history[-1][k] for k in ("accuracy", "balanced_accuracy", "auroc")})
+    with pytest.raises(ValueError, match="patience=None"):
+        train_classifier(module, train, val, epochs=1, batch_size=16, patience=2, select="last")
+    with pytest.raises(ValueError, match="select"):
+        train_classifier(module, train, val, epochs=1, batch_size=16, select="median")

@@ -78,6 +78,8 @@ def test_config_from_yaml_and_field_errors(tmp_path):
     check({"lr": "fast"}, "lr")
     check({"learning_rate": 0.1}, "learning_rate")
     check({"encoder": None, "methods": ["scratch"]}, "architecture")
+    check({"ema_decay": 1.0}, "ema_decay")
+    check({"select": "median"}, "select")
     assert ProtocolConfig.from_dict({"path": "x.npz", "encoder": "e", "fractions": [0.1], "lr": "1e-3"}).lr == 1e-3
 
 
@@ -166,3 +168,16 @@ def test_augment_trains_on_perturbed_items_redrawn_each_epoch(fake_npz, tiny_car
     assert np.array_equal(first.numpy(), ds[0]["image"].numpy())
     with pytest.raises(ProtocolConfigError, match="augment"):
         ProtocolConfig(path=str(fake_npz), encoder=str(tiny_card), fractions=[0.25], augment="yes").validate()
+
+
+def test_select_last_and_ema_reach_every_trained_run(fake_npz, tiny_card, tmp_path, one_thread):
+    """select: last trains every epoch (patience unused) and keeps the final weights; ema_decay reaches the fit."""
+    cfg = ProtocolConfig(path=str(fake_npz), encoder=str(tiny_card), fractions=[0.25], seeds=[0], epochs=3,
+                         batch_size=16, patience=1, methods=["finetune", "scratch"], select="last", ema_decay=0.5,
+                         plot=False)
+    run_protocol(cfg, tmp_path, progress=False)
+    runs = json.loads((tmp_path / f"label_efficiency_{Path(fake_npz).stem}.json").read_text())["runs"]
+    assert len(runs) == 2
+    for run in runs:
+        assert (run["select"], run["ema_decay"], run["epochs_trained"], run["best_epoch"]) == ("last", 0.5, 3, 2)
+        assert not run["stopped_early"]
