@@ -331,7 +331,7 @@ def markdown(report: dict[str, Any]) -> str:
                    f"{', '.join(map(str, pseeds))}. Test-split {metric}, mean ± sample std over {pooled}; "
                    f"ratio = mean / mean of `{PEER} finetune` (the peer) or of `scratch` at the same budget.")
     header = (f"| arm / evaluation | labels | n labelled | runs | test {metric} | ratio to peer | ratio to scratch "
-              "| eval wall s (mean) | pretrain wall s |")
+              "| eval wall s (mean) | pretrain wall s (mean) |")
     lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     order = {a: i for i, a in enumerate(st["arms"])}
@@ -343,7 +343,8 @@ def markdown(report: dict[str, Any]) -> str:
         ratio, ratio_scratch = (f"{mean / ref:.3f}" if ref and math.isfinite(ref) and math.isfinite(mean) else "–"
                                 for ref in (peer_mean.get((fraction, count)), scratch_mean.get((fraction, count))))
         walls = [r["wall_s"] for r in rs if r.get("wall_s") is not None]
-        pre = rs[0].get("pretrain_wall_s")
+        pre_walls = {r.get("pretrain_seed"): r["pretrain_wall_s"] for r in rs if r.get("pretrain_wall_s") is not None}
+        pre = sum(pre_walls.values()) / len(pre_walls) if pre_walls else None  # mean over pretraining seeds
         value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
         pre_wall = "–" if pre is None else f"{pre:.0f}"

@@ -69,6 +69,8 @@ class ClassificationFinetuner(L.LightningModule):
         mode: ``"finetune"`` or ``"linear"`` (encoder frozen throughout).
         freeze_encoder_epochs: head-only epochs before the encoder is trained too (``mode="finetune"``).
         layer_decay: layer-wise LR decay for ViT encoders; 1.0 = off.
+        encoder_lr_scale: the encoder's LR as a fraction of the head's (discriminative fine-tuning: a pretrained
+            encoder moves less than the new head); 1.0 = one LR for all.
         optim: AdamW settings and schedule (``name`` must be ``"adamw"``).
         dropout: dropout on the pooled features before the head.
         seed: seed of the head (and, from scratch, the encoder) initialisation.
@@ -77,15 +79,16 @@ class ClassificationFinetuner(L.LightningModule):
     def __init__(self, num_classes: int, init: str = "pretrained", encoder: str | None = None,
                  architecture: dict[str, Any] | None = None, mode: str = "finetune",
                  freeze_encoder_epochs: int = 0, layer_decay: float = 1.0,
-                 optim: OptimConfig | dict[str, Any] | None = None, dropout: float = 0.0, seed: int = 0):
+                 optim: OptimConfig | dict[str, Any] | None = None, dropout: float = 0.0, seed: int = 0,
+                 encoder_lr_scale: float = 1.0):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if freeze_encoder_epochs < 0 or not 0 < layer_decay <= 1:
-            raise ValueError(f"need freeze_encoder_epochs >= 0 and 0 < layer_decay <= 1, got "
-                             f"{freeze_encoder_epochs} and {layer_decay}")
+        if freeze_encoder_epochs < 0 or not 0 < layer_decay <= 1 or not 0 < encoder_lr_scale <= 1:
+            raise ValueError(f"need freeze_encoder_epochs >= 0, 0 < layer_decay <= 1 and 0 < encoder_lr_scale <= 1, "
+                             f"got {freeze_encoder_epochs}, {layer_decay} and {encoder_lr_scale}")
         self.optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=1e-3))
         if self.optim.name != "adamw":
             raise ValueError(f"classification fine-tuning uses AdamW, got optim.name={self.optim.name!r}")
@@ -103,6 +106,7 @@ class ClassificationFinetuner(L.LightningModule):
                              "leave it out to use the card's")
         self.mode, self.init = mode, init
         self.freeze_encoder_epochs, self.layer_decay, self.seed = int(freeze_encoder_epochs), layer_decay, seed
+        self.encoder_lr_scale = float(encoder_lr_scale)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = EncoderClassifier(build_encoder(**architecture), num_classes=num_classes, dropout=dropout)
@@ -199,8 +203,10 @@ class ClassificationFinetuner(L.LightningModule):
         depth = len(self.model.encoder.blocks) if isinstance(self.model.encoder, ViTEncoder) else 0
         params = [(n, p) for n, p in self.model.named_parameters()
                   if n in self._trainable and not (self.mode == "linear" and n.startswith("encoder."))]
+        scale = self.encoder_lr_scale
         return layer_decay_groups(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
-                                  layer_decay=self.layer_decay, depth=depth, layer_id=_layer_id)
+                                  layer_decay=self.layer_decay, depth=depth, layer_id=_layer_id,
+                                  lr_scale=lambda n: scale if n.startswith("encoder.") else 1.0)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self.param_groups(), self.optim, self.trainer.estimated_stepping_batches)
@@ -270,7 +276,8 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0, patience: int | None = 5,
                    min_steps: int = 0, num_classes: int | None = None, freeze_encoder_epochs: int = 0,
                    layer_decay: float = 1.0, weight_decay: float = 0.05, warmup: float = 0.1, dropout: float = 0.0,
-                   ema_decay: float = 0.0, select: str = "best", run_dir: str | Path | None = None,
+                   ema_decay: float = 0.0, select: str = "best", encoder_lr_scale: float = 1.0,
+                   run_dir: str | Path | None = None,
                    accelerator: str = "cpu",
                    progress: bool = False) -> dict[str, Any]:
     """Train a classifier and return its metrics on ``test_ds`` (one JSON-serialisable dict).
@@ -293,6 +300,7 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
         init="pretrained" if card is not None else "scratch",
         encoder=None if card is None else str(card), architecture=arch_spec if card is None else None, mode=mode,
         freeze_encoder_epochs=freeze_encoder_epochs * stretch, layer_decay=layer_decay, dropout=dropout, seed=seed,
+        encoder_lr_scale=encoder_lr_scale,
         optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
     info = train_classifier(module, train_ds, val_ds, epochs=epochs * stretch, batch_size=batch_size, seed=seed,
                             patience=patience, val_every_n_epochs=stretch, run_dir=run_dir,
@@ -304,7 +312,7 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
         "metrics": classification_metrics(labels, probs),
         **info,
         "max_epochs": epochs * stretch, "val_every_n_epochs": stretch, "steps_per_epoch": steps_per_epoch,
-        "ema_decay": ema_decay, "select": select,
+        "ema_decay": ema_decay, "select": select, "encoder_lr_scale": encoder_lr_scale,
         "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
         "encoder_sha256": module.encoder_sha256,
         "load_report": None if report is None else {"summary": report.summary(), "matched": len(report.matched),

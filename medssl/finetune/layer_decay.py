@@ -21,11 +21,17 @@ __all__ = ["adamw_warmup_cosine", "layer_decay_groups"]
 
 
 def layer_decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], *, lr: float, weight_decay: float,
-                       layer_decay: float, depth: int, layer_id: Callable[[str, int], int]) -> list[dict[str, Any]]:
-    """One AdamW group per (LR scale, decayed or not); each group records its ``lr_scale``."""
+                       layer_decay: float, depth: int, layer_id: Callable[[str, int], int],
+                       lr_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+    """One AdamW group per (LR scale, decayed or not); each group records its ``lr_scale``.
+
+    ``lr_scale(name)``: a further factor per parameter (e.g. a smaller LR for a pretrained encoder than for a new
+    head), multiplied into the layer-decay scale.
+    """
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, p in named_params:
         scale = layer_decay ** (depth + 1 - layer_id(name, depth)) if layer_decay != 1.0 else 1.0
+        scale *= lr_scale(name) if lr_scale is not None else 1.0
         decay = not (p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES))
         group = groups.setdefault((scale, decay), {"params": [], "lr": lr * scale, "lr_scale": scale,
                                                    "weight_decay": weight_decay if decay else 0.0})

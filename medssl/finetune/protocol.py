@@ -50,8 +50,8 @@ METHODS = ("linear_probe", "knn", "finetune", "scratch")
 METRICS = ("auroc", "accuracy", "balanced_accuracy")
 NEEDS_ENCODER = ("linear_probe", "knn", "finetune")
 RESULT_FORMAT = "medssl-label-efficiency"
-FLOAT_FIELDS = ("lr", "scratch_lr", "weight_decay", "warmup", "dropout", "layer_decay", "ema_decay", "knn_temperature",
-                "probe_C")
+FLOAT_FIELDS = ("lr", "scratch_lr", "weight_decay", "warmup", "dropout", "layer_decay", "ema_decay", "encoder_lr_scale",
+                "knn_temperature", "probe_C")
 
 
 @dataclass
@@ -69,7 +69,8 @@ class ProtocolConfig:
     their weights (:func:`~medssl.finetune.trainer.fit_best`); 0 = off. ``select``: ``best`` (the checkpoint of
     the best validation AUROC) or ``last`` (the final weights; the validation split is not used to pick an epoch,
     which removes the selection noise of a small validation split; ``patience`` is not used: every run trains all
-    its epochs).
+    its epochs). ``encoder_lr_scale``: ``finetune`` trains the pretrained encoder at this fraction of ``lr`` (the
+    head at ``lr``); scratch has nothing pretrained to protect and keeps one LR.
     """
 
     path: str
@@ -97,6 +98,7 @@ class ProtocolConfig:
     augment: bool = False
     ema_decay: float = 0.0
     select: str = "best"
+    encoder_lr_scale: float = 1.0
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_C: float = 1.0
@@ -202,6 +204,8 @@ class ProtocolConfig:
             raise bad("layer_decay", "must lie in (0, 1]")
         if not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
             raise bad("ema_decay", "must lie in [0, 1) (0 = off)")
+        if not isinstance(self.encoder_lr_scale, (int, float)) or not 0 < self.encoder_lr_scale <= 1:
+            raise bad("encoder_lr_scale", "must lie in (0, 1]")
         if self.select not in ("best", "last"):
             raise bad("select", "must be 'best' or 'last'")
         return self
@@ -344,5 +348,6 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
                          freeze_encoder_epochs=cfg.freeze_encoder_epochs if method == "finetune" else 0,
                          layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
                          dropout=cfg.dropout, ema_decay=cfg.ema_decay, select=cfg.select,
+                         encoder_lr_scale=cfg.encoder_lr_scale if method == "finetune" else 1.0,
                          run_dir=run_dir)
     return out

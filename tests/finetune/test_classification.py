@@ -169,3 +169,16 @@ def test_select_last_keeps_the_final_weights(tiny_card, splits, tmp_path, one_th
         train_classifier(module, train, val, epochs=1, batch_size=16, patience=2, select="last")
     with pytest.raises(ValueError, match="select"):
         train_classifier(module, train, val, epochs=1, batch_size=16, select="median")
+
+
+def test_encoder_lr_scale_slows_only_the_encoder(tiny_card):
+    module = ClassificationFinetuner(num_classes=2, encoder=str(tiny_card), encoder_lr_scale=0.1,
+                                     optim={"lr": 1e-3})
+    head = {id(p) for p in module.model.head.parameters()}
+    for group in module.param_groups():
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1  # a group is all encoder or all head
+        assert group["lr"] == pytest.approx(1e-3 if in_head == {True} else 1e-4)
+    assert sum(len(g["params"]) for g in module.param_groups()) == len(list(module.model.parameters()))
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        ClassificationFinetuner(num_classes=2, encoder=str(tiny_card), encoder_lr_scale=0.0)

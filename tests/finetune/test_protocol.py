@@ -80,6 +80,7 @@ def test_config_from_yaml_and_field_errors(tmp_path):
     check({"encoder": None, "methods": ["scratch"]}, "architecture")
     check({"ema_decay": 1.0}, "ema_decay")
     check({"select": "median"}, "select")
+    check({"encoder_lr_scale": 2}, "encoder_lr_scale")
     assert ProtocolConfig.from_dict({"path": "x.npz", "encoder": "e", "fractions": [0.1], "lr": "1e-3"}).lr == 1e-3
 
 
