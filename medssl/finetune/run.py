@@ -121,12 +121,19 @@ def _classification(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: P
                                    count=cfg.label_count, stratified=cfg.stratified, min_per_class=cfg.min_per_class)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", _config_yaml(cfg))
-    out = fit_classifier(cfg.encoder, cfg.architecture, train if subset is None else Subset(train, subset.indices),
-                         val, test, mode=cfg.mode, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                         seed=cfg.seed, patience=cfg.patience, min_steps=cfg.min_steps,
+    labelled: Any = train if subset is None else Subset(train, subset.indices)
+    if cfg.augment:  # the labelled items perturbed anew every epoch, as the few-label protocol does
+        from medssl.transforms.finetune_augment import finetune_augment
+
+        labelled = train.subset(range(len(train)) if subset is None else subset.indices, seed=cfg.seed,
+                                transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
+    out = fit_classifier(cfg.encoder, cfg.architecture, labelled, val, test, mode=cfg.mode, epochs=cfg.epochs,
+                         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                         patience=None if cfg.select == "last" else cfg.patience, min_steps=cfg.min_steps,
                          num_classes=train.num_classes, freeze_encoder_epochs=cfg.freeze_encoder_epochs,
                          layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-                         dropout=cfg.dropout, run_dir=run_dir, accelerator=cfg.accelerator, progress=progress)
+                         dropout=cfg.dropout, encoder_lr_scale=cfg.encoder_lr_scale, ema_decay=cfg.ema_decay,
+                         select=cfg.select, run_dir=run_dir, accelerator=cfg.accelerator, progress=progress)
     out["data"] = {"path": str(path), "sha256": file_sha256(path), "num_classes": train.num_classes,
                    "spatial_dims": train.spatial_dims, "n_train_split": len(train)}
     out["subset"] = None if subset is None else subset.to_dict()

@@ -28,11 +28,13 @@ __all__ = ["FinetuneConfig", "TASKS"]
 
 TASKS = ("classification", "segmentation")
 MODES = {"classification": ("finetune", "linear"), "segmentation": ("finetune", "frozen")}
-CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "min_per_class", "dropout")
+CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "min_per_class", "dropout", "augment",
+                       "encoder_lr_scale", "ema_decay", "select")
 SEGMENTATION_ONLY = ("root", "images", "labels", "label_names", "split_file", "n_val", "n_test", "split_seed",
                      "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "roi_size", "pos",
                      "neg", "sw_overlap", "sw_batch_size", *SEG_OPTION_FIELDS)
-FLOATS = ("label_fraction", "dropout", "pos", "neg", "sw_overlap", "lr", "weight_decay", "warmup", "layer_decay")
+FLOATS = ("label_fraction", "dropout", "encoder_lr_scale", "ema_decay", "pos", "neg", "sw_overlap", "lr", "weight_decay",
+          "warmup", "layer_decay")
 BATCH_SIZE = {"classification": 64, "segmentation": 2}
 
 
@@ -42,7 +44,9 @@ class FinetuneConfig(SegOptions):
     frozen throughout), segmentation ``finetune`` | ``frozen`` (only the decoder trains). ``batch_size`` None:
     64 for classification, 2 for segmentation. ``accelerator``: Lightning's (``cpu``, ``gpu``, ``auto`` ...).
     The segmentation region / channel / mask / flip options are inherited from
-    :class:`~medssl.finetune.seg_options.SegOptions`."""
+    :class:`~medssl.finetune.seg_options.SegOptions`. Classification training options as in the few-label protocol
+    (:class:`~medssl.finetune.protocol.ProtocolConfig`): ``augment``, ``encoder_lr_scale``, ``ema_decay`` and
+    ``select`` (``best`` | ``last``; ``patience`` is not used with ``last``)."""
 
     task: str = ""
     name: str | None = None
@@ -56,6 +60,10 @@ class FinetuneConfig(SegOptions):
     stratified: bool = True
     min_per_class: int = 1
     dropout: float = 0.0
+    augment: bool = False
+    encoder_lr_scale: float = 1.0
+    ema_decay: float = 0.0
+    select: str = "best"
     # segmentation data and network
     root: str | None = None
     images: str | list[str] | None = None
@@ -190,6 +198,12 @@ class FinetuneConfig(SegOptions):
         if not isinstance(self.stratified, bool):
             raise bad("stratified", "must be true or false")
         number("dropout", 0, 1, open_high=True)
+        if not isinstance(self.augment, bool):
+            raise bad("augment", "must be true or false")
+        number("encoder_lr_scale", 0, 1, open_low=True)
+        number("ema_decay", 0, 1, open_high=True)
+        if self.select not in ("best", "last"):
+            raise bad("select", "must be 'best' or 'last'")
 
     def _validate_segmentation(self, bad, integer, number) -> None:
         if (self.root is None) == (self.images is None) or (self.images is not None and self.labels is None):

@@ -74,7 +74,8 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
     would otherwise select on.
 
     ``select="last"`` keeps the weights of the final epoch instead of the best validated ones (no checkpoint
-    selection, so no early stopping: ``patience`` must be None). Validation still runs and is recorded.
+    selection, so no early stopping: ``patience`` must be None). Validation still runs and is recorded. Either way
+    the kept checkpoint is ``checkpoints/best.ckpt`` (what ``medssl predict`` takes).
 
     Returns ``best_epoch``, ``best_val`` (the entry of ``module.val_history`` of that epoch, ``{}`` when the module
     keeps no history), ``epochs_trained``, ``stopped_early`` and ``checkpoint`` (the path under ``run_dir``, None
@@ -97,7 +98,7 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
     root = Path(scratch.name if scratch is not None else run_dir)
     try:
         # monitor=None: the newest validated weights replace the previous ones (the final epoch validates)
-        best = ModelCheckpoint(dirpath=root / "checkpoints", filename=select,
+        best = ModelCheckpoint(dirpath=root / "checkpoints", filename="best",
                                monitor=monitor if select == "best" else None, mode=mode,
                                save_top_k=1, save_weights_only=not ema_decay, auto_insert_metric_name=False,
                                enable_version_counter=False)

@@ -161,7 +161,7 @@ def test_select_last_keeps_the_final_weights(tiny_card, splits, tmp_path, one_th
     module = ClassificationFinetuner(num_classes=2, encoder=str(tiny_card), optim={"lr": 3e-3})
     info = train_classifier(module, train, val, epochs=3, batch_size=16, seed=0, run_dir=tmp_path, select="last")
     assert info["best_epoch"] == 2 and info["epochs_trained"] == 3 and len(module.val_history) == 3
-    assert info["best_val"] == module.val_history[-1] and info["checkpoint"].endswith("last.ckpt")
+    assert info["best_val"] == module.val_history[-1] and info["checkpoint"].endswith("best.ckpt")
     probs, labels = predict_proba(module.model, val)
     assert classification.classification_metrics(labels, probs) == pytest.approx(
         {k: module.val_history[-1][k] for k in ("accuracy", "balanced_accuracy", "auroc")})

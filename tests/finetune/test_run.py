@@ -97,11 +97,13 @@ def test_classification_run_with_an_encoder_and_from_scratch(fake_npz, tiny_card
     with open(pred / "probabilities.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 30
 
-    scratch = FinetuneConfig.from_dict({**base, "label_count": None, "epochs": 1,
+    scratch = FinetuneConfig.from_dict({**base, "label_count": None, "epochs": 1, "patience": 3, "augment": True,
+                                        "select": "last", "ema_decay": 0.5, "encoder_lr_scale": 0.5,
                                         "architecture": {"name": "resnet", "kwargs": TINY_RESNET}})
     out = run_finetune(scratch, tmp_path / "scratch", progress=False)
     assert out["init"] == "scratch" and out["encoder_sha256"] is None and out["load_report"] is None
     assert out["subset"] is None and out["n_train"] == 60
+    assert (out["select"], out["ema_decay"], out["encoder_lr_scale"]) == ("last", 0.5, 0.5)
     assert json.loads((tmp_path / "scratch" / "metrics.json").read_text())["metrics"] == pytest.approx(
         out["metrics"], nan_ok=True)
 
@@ -118,6 +120,10 @@ def test_classification_run_with_an_encoder_and_from_scratch(fake_npz, tiny_card
     ({"label_fraction": 1.5}, "label_fraction"),
     ({"label_fraction": 0.5, "label_count": 3}, "label_count"),
     ({"patience": 0}, "patience"),
+    ({"augment": "yes"}, "augment"),
+    ({"select": "median"}, "select"),
+    ({"encoder_lr_scale": 0}, "encoder_lr_scale"),
+    ({"ema_decay": 1}, "ema_decay"),
 ])
 def test_config_errors_name_the_file_and_field(change, field, tmp_path):
     yml = tmp_path / "bad.yaml"
