@@ -3,7 +3,8 @@
 :func:`fit_best` is shared by :func:`medssl.finetune.classification.train_classifier` (best by ``val/auroc``) and
 :func:`medssl.finetune.seg_fit.train_segmenter` (best by ``val/dice``):
 
-* ``ModelCheckpoint`` keeps ``checkpoints/best.ckpt`` (weights and hyper-parameters only) by ``monitor``;
+* ``ModelCheckpoint`` keeps ``checkpoints/best.ckpt`` (weights and hyper-parameters only; a full checkpoint whose
+  weights are the average with ``ema_decay``) by ``monitor``, or the final epoch's with ``select="last"``;
   ``EarlyStopping(patience)`` stops after ``patience`` validations without improvement (None: all ``epochs``);
 * with ``run_dir`` the checkpoint and Lightning's CSV log (``metrics.csv``) stay there; without it a temporary
   folder is used and removed;
