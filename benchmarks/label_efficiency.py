@@ -2,8 +2,8 @@
 """Label efficiency side by side: from scratch vs the lightly peer vs medssl's methods, same splits, seeds, budget.
 
 One invocation pretrains every arm on the unlabeled train split of a dataset with the **same pretraining budget**
-(``--epochs`` epochs at the dataset's batch size, for each ``--pretrain-seeds`` seed; default 0), then evaluates every arm with the **same few-label
-protocol and code** (:mod:`medssl.finetune.protocol` for classification, :mod:`medssl.finetune.seg_protocol` for
+(``--epochs`` epochs at the dataset's batch size, for each ``--pretrain-seeds`` seed; default 0), then evaluates
+every arm with the **same few-label protocol and code** (:mod:`medssl.finetune.protocol` for classification, :mod:`medssl.finetune.seg_protocol` for
 segmentation) on the same recorded label subsets and seeds, scored on the test split; checkpoint selection uses
 the validation split only.
 
@@ -269,10 +269,9 @@ def _finished(path: Path, cfg: Any, card: str | None) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     done = json.loads(path.read_text())
-    now = json.loads(json.dumps(asdict(cfg)))
-    defaults = json.loads(json.dumps(asdict(type(cfg)(**{k: now[k] for k in _required(type(cfg))}))))
-    then = {**{k: v for k, v in defaults.items() if k not in (done.get("config") or {})}, **(done.get("config") or {})}
-    same_config = then == now  # a field added since, left at its default, is the same config
+    # a field added since, left at its default, is the same config
+    then = json.loads(json.dumps({**_defaults(type(cfg)), **(done.get("config") or {})}))
+    same_config = then == json.loads(json.dumps(asdict(cfg)))
     sha = read_card(card)[0]["weights"]["sha256"] if card else None
     same_weights = (done.get("encoder") or {}).get("sha256") == sha
     if done.get("complete") and same_config and same_weights:
@@ -281,11 +280,12 @@ def _finished(path: Path, cfg: Any, card: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _required(cls: type) -> list[str]:
-    """The fields of dataclass ``cls`` without a default."""
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of dataclass ``cls`` that has one."""
     from dataclasses import MISSING, fields
 
-    return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    return {f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
 
 
 def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | None,
@@ -421,12 +421,11 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
                 cards[arm, pseed] = p["card"]
         eval_root = work / ds.name / (f"eval_{args.tag}" if args.tag else "eval")
         for arm in arms:
+            extra = {**args.protocol_override_map, **(args.finetune_override_map if arm != "scratch" else {})}
             for pseed in pseeds[:1] if arm == "scratch" else pseeds:
                 t0 = time.perf_counter()
                 print(f"== evaluate {arm} on {ds.name}" + (f" (pretraining seed {pseed})" if pseed else ""),
                       flush=True)
-                extra = {**args.protocol_override_map,
-                         **(args.finetune_override_map if arm != "scratch" else {})}
                 label = arm + (f"_ps{pseed}" if pseed else "")
                 if ds.kind == "cls":
                     result = evaluate_cls(arm, ds, data_path, cards.get((arm, pseed)), seeds, fractions, eval_root,

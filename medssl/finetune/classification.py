@@ -277,8 +277,7 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
                    min_steps: int = 0, num_classes: int | None = None, freeze_encoder_epochs: int = 0,
                    layer_decay: float = 1.0, weight_decay: float = 0.05, warmup: float = 0.1, dropout: float = 0.0,
                    ema_decay: float = 0.0, select: str = "best", encoder_lr_scale: float = 1.0,
-                   run_dir: str | Path | None = None,
-                   accelerator: str = "cpu",
+                   run_dir: str | Path | None = None, accelerator: str = "cpu",
                    progress: bool = False) -> dict[str, Any]:
     """Train a classifier and return its metrics on ``test_ds`` (one JSON-serialisable dict).
 

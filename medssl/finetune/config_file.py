@@ -11,7 +11,11 @@ from typing import Any
 
 from medssl.errors import MedsslError, Reason
 
-__all__ = ["ProtocolConfigError", "check_fields", "read_yaml_config"]
+__all__ = ["SELECTS", "ProtocolConfigError", "check_fields", "read_yaml_config"]
+
+#: the ``select`` values of the fine-tuning configs: what :func:`medssl.finetune.trainer.fit_best` keeps, the best
+#: validated checkpoint or the final epoch's weights (here, not in the trainer, so configs validate without torch)
+SELECTS = ("best", "last")
 
 
 class ProtocolConfigError(MedsslError):

@@ -37,7 +37,7 @@ from torch.utils.data import Subset
 
 from medssl.data.atomic import atomic_write_json, atomic_write_text
 from medssl.data.medmnist import MedMNISTDataset
-from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
+from medssl.finetune.config_file import SELECTS, ProtocolConfigError, check_fields, read_yaml_config
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
 from medssl.eval.metrics import classification_metrics
 from medssl.eval.probe import extract_features, knn_predict, linear_probe_predict
@@ -206,8 +206,8 @@ class ProtocolConfig:
             raise bad("ema_decay", "must lie in [0, 1) (0 = off)")
         if not isinstance(self.encoder_lr_scale, (int, float)) or not 0 < self.encoder_lr_scale <= 1:
             raise bad("encoder_lr_scale", "must lie in (0, 1]")
-        if self.select not in ("best", "last"):
-            raise bad("select", "must be 'best' or 'last'")
+        if self.select not in SELECTS:
+            raise bad("select", f"must be one of {list(SELECTS)}")
         return self
 
     def budgets(self) -> list[tuple[float | None, int | None]]:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
+from medssl.finetune.config_file import SELECTS, ProtocolConfigError, check_fields, read_yaml_config
 from medssl.finetune.seg_options import SEG_OPTION_FIELDS, SegOptions
 
 __all__ = ["FinetuneConfig", "TASKS"]
@@ -33,8 +33,8 @@ CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "m
 SEGMENTATION_ONLY = ("root", "images", "labels", "label_names", "split_file", "n_val", "n_test", "split_seed",
                      "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "roi_size", "pos",
                      "neg", "sw_overlap", "sw_batch_size", *SEG_OPTION_FIELDS)
-FLOATS = ("label_fraction", "dropout", "encoder_lr_scale", "ema_decay", "pos", "neg", "sw_overlap", "lr", "weight_decay",
-          "warmup", "layer_decay")
+FLOATS = ("label_fraction", "dropout", "encoder_lr_scale", "ema_decay", "pos", "neg", "sw_overlap", "lr",
+          "weight_decay", "warmup", "layer_decay")
 BATCH_SIZE = {"classification": 64, "segmentation": 2}
 
 
@@ -202,8 +202,8 @@ class FinetuneConfig(SegOptions):
             raise bad("augment", "must be true or false")
         number("encoder_lr_scale", 0, 1, open_low=True)
         number("ema_decay", 0, 1, open_high=True)
-        if self.select not in ("best", "last"):
-            raise bad("select", "must be 'best' or 'last'")
+        if self.select not in SELECTS:
+            raise bad("select", f"must be one of {list(SELECTS)}")
 
     def _validate_segmentation(self, bad, integer, number) -> None:
         if (self.root is None) == (self.images is None) or (self.images is not None and self.labels is None):

@@ -115,8 +115,8 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     ``plan``/``override_plan``/``hu_check`` are those of :mod:`medssl.finetune.seg_data`; ``pos``/``neg`` weight
     foreground / background crop centres (background centres inside the cases' masks when ``use_masks`` and every
     case has one); ``flip_axes``: the axes training crops may be flipped along (None = all); ``decoder`` holds
-    decoder-only network options. ``regions`` / ``region_labels`` / ``region_training``: region targets and metrics (:mod:`medssl.finetune.regions`). ``channel_names``: the
-    cases' channels, checked against the card's (:func:`medssl.models.hub.check_channels`) before anything is
+    decoder-only network options. ``regions`` / ``region_labels`` / ``region_training``: region targets and
+    metrics (:mod:`medssl.finetune.regions`). ``channel_names``: the cases' channels, checked against the card's (:func:`medssl.models.hub.check_channels`) before anything is
     read; ``adapt_channels`` allows a different channel count by adapting the encoder's first layer.
 
     ``min_steps``: 5 labelled volumes are 1-3 batches per epoch, too few steps to train in ``epochs`` epochs. As in

@@ -29,6 +29,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from medssl.finetune.config_file import SELECTS
+
 __all__ = ["check_budget", "fit_best", "quiet_lightning"]
 
 #: warnings that say nothing about the run: small CPU fits, a frozen encoder in eval mode (on purpose), and
@@ -89,8 +91,8 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must lie in [0, 1) (0 = off), got {ema_decay}")
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    if select not in SELECTS:
+        raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
     if select == "last" and patience is not None:
         raise ValueError("select='last' keeps the final weights; early stopping (patience) selects by validation, "
                          "so it needs patience=None")
