@@ -30,7 +30,8 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -49,7 +50,10 @@ from medssl.models.registry import build_encoder
 from medssl.models.vit import ViTEncoder
 from medssl.training.optim import OptimConfig
 
-__all__ = ["ClassificationFinetuner", "fit_classifier", "predict_proba", "train_classifier"]
+if TYPE_CHECKING:
+    from medssl.data.medmnist import MedMNISTDataset
+
+__all__ = ["ClassificationFinetuner", "fit_classifier", "labelled_set", "predict_proba", "train_classifier"]
 
 INITS = ("pretrained", "scratch")
 MODES = ("finetune", "linear")
@@ -271,6 +275,22 @@ def _num_classes(*datasets: Dataset) -> int:
     return found + 1
 
 
+def labelled_set(train: MedMNISTDataset, indices: Sequence[int] | None, *, augment: bool, seed: int) -> Dataset:
+    """The labelled items a fine-tuning run trains on: the positions ``indices`` of ``train`` (None: all of them).
+
+    ``augment``: the items perturbed anew every epoch by
+    :func:`~medssl.transforms.finetune_augment.finetune_augment` (small affine + intensity; no flips), drawn from
+    ``seed`` and the epoch; otherwise the items as stored. Both the few-label protocol and ``medssl finetune``
+    build their training set here, so they augment the same way.
+    """
+    if not augment:
+        return train if indices is None else Subset(train, indices)
+    from medssl.transforms.finetune_augment import finetune_augment
+
+    return train.subset(range(len(train)) if indices is None else indices, seed=seed,
+                        transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
+
+
 def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, train_ds: Dataset,
                    val_ds: Dataset, test_ds: Dataset, *, mode: str = "finetune", epochs: int = 20,
                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0, patience: int | None = 5,
@@ -290,6 +310,8 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
     fewer than ``min_steps`` steps, every epoch count is stretched by the same whole factor ``k`` (``epochs``,
     ``freeze_encoder_epochs``) and validation runs every ``k`` epochs, so a run still validates ``epochs`` times
     and ``patience`` keeps its meaning. The result records ``max_epochs`` and ``val_every_n_epochs``.
+
+    ``select="last"`` keeps the final epoch's weights, so nothing stops early: ``patience`` is not used.
     """
     t0 = time.perf_counter()
     steps_per_epoch = math.ceil(len(train_ds) / batch_size)
@@ -302,8 +324,8 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
         encoder_lr_scale=encoder_lr_scale,
         optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
     info = train_classifier(module, train_ds, val_ds, epochs=epochs * stretch, batch_size=batch_size, seed=seed,
-                            patience=patience, val_every_n_epochs=stretch, run_dir=run_dir,
-                            accelerator=accelerator, progress=progress, ema_decay=ema_decay, select=select)
+                            patience=None if select == "last" else patience, val_every_n_epochs=stretch,
+                            run_dir=run_dir, accelerator=accelerator, progress=progress, ema_decay=ema_decay, select=select)
     probs, labels = predict_proba(module.model, test_ds, batch_size=max(batch_size, 256))
     report = module.load_report
     return {

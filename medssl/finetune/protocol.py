@@ -41,7 +41,7 @@ from medssl.finetune.config_file import SELECTS, ProtocolConfigError, check_fiel
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
 from medssl.eval.metrics import classification_metrics
 from medssl.eval.probe import extract_features, knn_predict, linear_probe_predict
-from medssl.finetune.classification import fit_classifier
+from medssl.finetune.classification import fit_classifier, labelled_set
 from medssl.finetune.subsets import SubsetRecord
 
 __all__ = ["METHODS", "METRICS", "ProtocolConfig", "ProtocolConfigError", "run_protocol"]
@@ -334,17 +334,11 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
                 "wall_s": round(time.perf_counter() - t0, 2)}
     size = f"f{subset.fraction:g}" if subset.fraction is not None else f"n{subset.count}"
     run_dir = out_dir / "runs" / f"{method}_{size}_seed{subset.seed}" if cfg.keep_checkpoints else None
-    labelled: Any = Subset(train, idx)
-    if cfg.augment:  # the same labelled items, perturbed anew every epoch (medssl.transforms.finetune_augment)
-        from medssl.transforms.finetune_augment import finetune_augment
-
-        labelled = train.subset(idx, seed=subset.seed,
-                                transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
+    labelled = labelled_set(train, idx, augment=cfg.augment, seed=subset.seed)
     out = fit_classifier(cfg.encoder if method == "finetune" else None, architecture, labelled, val, test,
                          mode="finetune", epochs=cfg.epochs, batch_size=cfg.batch_size,
                          lr=cfg.lr if method == "finetune" else (cfg.scratch_lr or cfg.lr), seed=subset.seed,
-                         patience=None if cfg.select == "last" else cfg.patience, min_steps=cfg.min_steps,
-                         num_classes=num_classes,
+                         patience=cfg.patience, min_steps=cfg.min_steps, num_classes=num_classes,
                          freeze_encoder_epochs=cfg.freeze_encoder_epochs if method == "finetune" else 0,
                          layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
                          dropout=cfg.dropout, ema_decay=cfg.ema_decay, select=cfg.select,

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from torch.utils.data import Subset
 
 from medssl.data.atomic import atomic_write_json, atomic_write_text
 from medssl.errors import MedsslError, Reason
@@ -94,7 +93,7 @@ def _classification(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: P
                     progress: bool) -> dict[str, Any]:
     from medssl.data.hashing import file_sha256
     from medssl.data.medmnist import MedMNISTDataset
-    from medssl.finetune.classification import fit_classifier
+    from medssl.finetune.classification import fit_classifier, labelled_set
     from medssl.finetune.subsets import SubsetRecord
 
     path = Path(cfg.path)
@@ -121,15 +120,10 @@ def _classification(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: P
                                    count=cfg.label_count, stratified=cfg.stratified, min_per_class=cfg.min_per_class)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", _config_yaml(cfg))
-    labelled: Any = train if subset is None else Subset(train, subset.indices)
-    if cfg.augment:  # the labelled items perturbed anew every epoch, as the few-label protocol does
-        from medssl.transforms.finetune_augment import finetune_augment
-
-        labelled = train.subset(range(len(train)) if subset is None else subset.indices, seed=cfg.seed,
-                                transform=finetune_augment(train.spatial_dims, train.image_shape[1:]))
+    labelled = labelled_set(train, None if subset is None else subset.indices, augment=cfg.augment, seed=cfg.seed)
     out = fit_classifier(cfg.encoder, cfg.architecture, labelled, val, test, mode=cfg.mode, epochs=cfg.epochs,
                          batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                         patience=None if cfg.select == "last" else cfg.patience, min_steps=cfg.min_steps,
+                         patience=cfg.patience, min_steps=cfg.min_steps,
                          num_classes=train.num_classes, freeze_encoder_epochs=cfg.freeze_encoder_epochs,
                          layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
                          dropout=cfg.dropout, encoder_lr_scale=cfg.encoder_lr_scale, ema_decay=cfg.ema_decay,

@@ -182,3 +182,22 @@ def test_encoder_lr_scale_slows_only_the_encoder(tiny_card):
     assert sum(len(g["params"]) for g in module.param_groups()) == len(list(module.model.parameters()))
     with pytest.raises(ValueError, match="encoder_lr_scale"):
         ClassificationFinetuner(num_classes=2, encoder=str(tiny_card), encoder_lr_scale=0.0)
+
+
+def test_labelled_set_is_the_subset_as_stored_or_redrawn_each_epoch(splits):
+    """labelled_set: what both the protocol and `medssl finetune` train on (same items and labels either way)."""
+    from medssl.finetune.classification import labelled_set
+
+    train = splits[0]
+    assert labelled_set(train, None, augment=False, seed=0) is train
+    plain = labelled_set(train, [3, 5, 7], augment=False, seed=0)
+    assert len(plain) == 3 and torch.equal(plain[1]["image"], train[5]["image"])
+    aug = labelled_set(train, [3, 5, 7], augment=True, seed=4)
+    assert len(aug) == 3 and aug.seed == 4 and train.transform is None  # the source dataset is left as it was
+    assert int(aug[1]["label"]) == int(train[5]["label"])
+    first = aug[1]["image"].clone()
+    assert not torch.equal(first, train[5]["image"])  # perturbed
+    assert torch.equal(aug[1]["image"], first)  # the same draw within an epoch
+    aug.set_epoch(1)
+    assert not torch.equal(aug[1]["image"], first)  # a new draw the next epoch
+    assert len(labelled_set(train, None, augment=True, seed=0)) == len(train)
