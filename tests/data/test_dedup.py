@@ -179,3 +179,56 @@ def test_perceptual_hash_separates_copies_from_other_scans():
           f"threshold {NEAR_MAX_DISTANCE}")
     assert max(altered) <= NEAR_MAX_DISTANCE < min(different)
     assert perceptual_hash(np.full(SHAPE, 40.0)) is None  # a blank volume matches nothing
+
+
+def _naive_find_duplicates(order, prints, max_distance):
+    """Reference: every volume against every kept one, pair by pair (the earliest of the closest wins)."""
+    rows, exact_first, kept = [], {}, []
+    for key in order:
+        fp = prints[key]
+        if fp.exact in exact_first:
+            rows.append({"kind": "series", "series_key": key, "duplicate_of": exact_first[fp.exact], "distance": 0})
+            continue
+        exact_first[fp.exact] = key
+        if fp.bits is None:
+            continue
+        dists = [int(np.count_nonzero(bits != fp.bits)) for _, bits in kept]  # unpacked, one pair at a time
+        if dists and min(dists) <= max_distance:
+            best = dists.index(min(dists))
+            rows.append({"kind": "near", "series_key": key, "duplicate_of": kept[best][0], "distance": dists[best]})
+            continue
+        kept.append((key, fp.bits))
+    return rows
+
+
+@pytest.mark.parametrize("popcount", ["numpy", "table"])
+def test_find_duplicates_matches_a_naive_pairwise_scan(popcount, monkeypatch):
+    """The packed XOR/popcount search gives exactly the rows of a bit-by-bit scan over all kept hashes: exact
+    copies, planted near copies at and beyond the threshold, ties (the earliest kept wins), constant volumes, and
+    more kept hashes than the first allocation holds."""
+    from medssl.data import dedup
+
+    if popcount == "table":  # numpy < 2 has no bitwise_count
+        monkeypatch.delattr(np, "bitwise_count", raising=False)
+    rng = np.random.default_rng(0)
+    prints, order = {}, []
+    originals = [rng.random(dedup.NEAR_BITS) < 0.5 for _ in range(150)]
+    for i, bits in enumerate(originals):
+        prints[f"s{i:03d}"] = dedup.Fingerprint(f"e{i}", bits)
+    for j, (src, flips) in enumerate([(3, 5), (7, NEAR_MAX_DISTANCE), (9, NEAR_MAX_DISTANCE + 1), (140, 40)]):
+        bits = originals[src].copy()
+        bits[rng.choice(dedup.NEAR_BITS, flips, replace=False)] ^= True
+        prints[f"n{j}"] = dedup.Fingerprint(f"near{j}", bits)
+    prints["tie"] = dedup.Fingerprint("tie", originals[20].copy())  # distance 0 to s020 and to its exact twin below
+    prints["s020b"] = dedup.Fingerprint("twin", originals[20].copy())
+    prints["copy"] = dedup.Fingerprint("e5", originals[5])          # same pixels as s005
+    prints["flat"] = dedup.Fingerprint("flat", None)                 # constant volume: no perceptual hash
+    order = ["s020b"] + sorted(k for k in prints if k.startswith("s0") or k.startswith("s1")) \
+        + ["n0", "n1", "n2", "n3", "tie", "copy", "flat"]
+    order = list(dict.fromkeys(order))
+    got = dedup.find_duplicates(order, prints)
+    assert got == _naive_find_duplicates(order, prints, NEAR_MAX_DISTANCE)
+    kinds = {r["series_key"]: (r["kind"], r["duplicate_of"], r["distance"]) for r in got}
+    assert kinds["n0"] == ("near", "s003", 5) and kinds["n1"] == ("near", "s007", NEAR_MAX_DISTANCE)
+    assert kinds["s020"] == ("near", "s020b", 0) and kinds["tie"] == ("near", "s020b", 0)
+    assert kinds["copy"] == ("series", "s005", 0) and "n2" not in kinds and "flat" not in kinds
