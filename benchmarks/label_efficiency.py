@@ -51,6 +51,7 @@ from ingest import machine  # one machine description for every benchmark
 PRETRAIN = REPO / "configs" / "pretrain"
 FINETUNE = REPO / "configs" / "finetune"
 PEER = "lightly_simclr"
+VIEW_OVERRIDE = "data.views.init_args."  # --pretrain-override prefix the peer's 3D views take too
 CLS_EVALS = ("finetune", "linear_probe", "knn")
 METRIC = {"cls": "auroc", "seg": "dice"}
 
@@ -125,6 +126,31 @@ def _overlay_views(ds: Dataset) -> dict[str, Any]:
     return dict(yaml.safe_load((PRETRAIN / ds.overlay).read_text())["data"]["views"]["init_args"])
 
 
+def _is_3d(ds: Dataset) -> bool:
+    return ds.kind == "cls" and _cls_architecture(ds)["kwargs"].get("spatial_dims") == 3
+
+
+def _peer_overrides(ds: Dataset, overrides: list[str] | None) -> list[str]:
+    """The ``--pretrain-override`` settings that also reach the peer: the view settings (``data.views.init_args.*``)
+    on 3D datasets, where the peer's views are medssl's :class:`MultiViewTransform`. The rest configure medssl's
+    methods; on 2D the peer keeps lightly's own ``SimCLRTransform``."""
+    return [o for o in overrides or [] if o.startswith(VIEW_OVERRIDE)] if _is_3d(ds) else []
+
+
+def _peer_views(ds: Dataset, overrides: list[str]) -> dict[str, Any] | None:
+    """The peer's 3D view settings: the dataset overlay's, updated by the view overrides (values parsed as YAML,
+    as the pretraining CLI parses them); None on 2D."""
+    import yaml
+
+    if not _is_3d(ds):
+        return None
+    views = _overlay_views(ds)
+    for o in overrides:
+        key, _, value = o.partition("=")
+        views[key[len(VIEW_OVERRIDE):]] = yaml.safe_load(value)
+    return views
+
+
 def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: Path, epochs: int,
                     quick: bool, overrides: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
     """``medssl pretrain`` of one arm; returns the card path, steps and wall seconds. ``overrides``: config
@@ -172,15 +198,17 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
     """Pretrain one arm into ``work/pretrain_<arm>`` and record its summary there (``bench_pretrain.json``).
 
     ``reuse``: an earlier run of the same arm, epochs, quick setting, overrides and seed in that folder is taken as
-    it is (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``
-    (medssl arms only): pretraining config settings; such a run goes to ``pretrain_<arm>_<hash of the overrides>``.
+    it is (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``:
+    pretraining config settings of the medssl arms; on 3D data their view settings also set the peer's views
+    (:func:`_peer_overrides`), so every arm sees the same augmentations. A run with overrides goes to
+    ``pretrain_<arm>_<hash of the overrides>``.
     ``seed``: the pretraining seed; seeds other than 0 go to ``..._s<seed>``.
     """
     import hashlib
 
     from medssl.data.atomic import atomic_write_json
 
-    overrides = [] if arm == PEER else list(overrides or [])
+    overrides = _peer_overrides(ds, overrides) if arm == PEER else list(overrides or [])
     suffix = "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
     run_dir = work / f"pretrain_{arm}{suffix}{f'_s{seed}' if seed else ''}"
     summary_path = run_dir / "bench_pretrain.json"
@@ -197,7 +225,8 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
         from lightly_peer import pretrain_lightly_simclr
 
         done = pretrain_lightly_simclr(data_path, _cls_architecture(ds), run_dir, epochs=epochs,
-                                       batch_size=8 if quick else ds.batch_size, views_3d=_overlay_views(ds),
+                                       batch_size=8 if quick else ds.batch_size,
+                                       views_3d=_peer_views(ds, overrides),
                                        max_steps=2 if quick else None, seed=seed)
     else:
         done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick, overrides, seed)

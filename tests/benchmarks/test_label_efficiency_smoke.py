@@ -203,3 +203,22 @@ def test_lightly_peer_3d_uses_the_overlay_views(tmp_path, shared_data):
     with pytest.raises(ValueError, match="views_3d"):
         pretrain_lightly_simclr(shared_data / ds.data, bench._cls_architecture(ds), tmp_path / "peer2", epochs=1,
                                 batch_size=4, max_items=8, max_steps=1)
+
+
+def test_view_overrides_reach_the_peer_on_3d_only():
+    """--pretrain-override data.views.init_args.*: the peer's 3D views (medssl's MultiViewTransform) take them, so
+    every arm sees the same augmentations; method settings stay with medssl; on 2D the peer keeps lightly's views."""
+    bench = load_bench()
+    adrenal, pneumonia = bench.DATASETS["adrenalmnist3d"], bench.DATASETS["pneumoniamnist"]
+    given = ["data.views.init_args.global_scale=[0.7, 1.0]", "model.init_args.temperature=0.5",
+             "data.views.init_args.flip_axes=[0, 1, 2]"]
+    views = ["data.views.init_args.global_scale=[0.7, 1.0]", "data.views.init_args.flip_axes=[0, 1, 2]"]
+    assert bench._peer_overrides(adrenal, given) == views
+    assert bench._peer_overrides(pneumonia, given) == [] and bench._peer_views(pneumonia, []) is None
+    base = bench._overlay_views(adrenal)
+    assert bench._peer_views(adrenal, []) == base
+    merged = bench._peer_views(adrenal, views)
+    assert merged == {**base, "global_scale": [0.7, 1.0], "flip_axes": [0, 1, 2]}
+    from medssl.transforms.views import MultiViewTransform
+
+    MultiViewTransform(**{**merged, "spatial_dims": 3})  # valid transform arguments
