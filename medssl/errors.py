@@ -28,6 +28,7 @@ class Reason(str, Enum):
     SIZE_LIMIT = "size_limit"
     MISSING_GEOMETRY = "missing_geometry"
     UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
+    NOT_ANATOMY = "not_anatomy"  # pixel data that is not an image of anatomy: RT dose grids, segmentation labels
     # series level
     MISSING_SLICE = "missing_slice"
     UNEVEN_SPACING = "uneven_spacing"

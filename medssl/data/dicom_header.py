@@ -33,12 +33,17 @@ from medssl.data.header_scan import PIXEL_TAGS as _PIXEL_TAGS
 from medssl.data.header_scan import scan_header as _scan
 from medssl.errors import DicomFileError, Reason
 
+#: SOP classes whose pixel data is not an image of anatomy: refused with ``not_anatomy`` (a dose grid or a label
+#: map in a pretraining set would be trained on as if it were a scan)
+_NOT_ANATOMY = {
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT dose grid",
+    "1.2.840.10008.5.1.4.1.1.66.4": "segmentation labels",
+}
 #: SOP classes of DICOM objects that never hold an image (structured reports, presentation states, RT plans ...)
 _NON_IMAGE_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.88",  # structured reports
     "1.2.840.10008.5.1.4.1.1.11",  # presentation states
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT dose is an image; plans/structs below are not
-    "1.2.840.10008.5.1.4.1.1.481.3",
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure sets, plans (RT dose holds pixels: _NOT_ANATOMY)
     "1.2.840.10008.5.1.4.1.1.481.5",
     "1.2.840.10008.5.1.4.1.1.66",  # raw data, registration, segmentation surfaces ...
     "1.2.840.10008.5.1.4.1.1.104",  # encapsulated PDF / CDA
@@ -242,6 +247,9 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS, salt:
     if sop_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
         raise DicomFileError(Reason.DICOMDIR, "DICOMDIR (a directory index, not an image)", [path])
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if sop_class in _NOT_ANATOMY:
+        raise DicomFileError(Reason.NOT_ANATOMY, f"{UID(sop_class).name} holds {_NOT_ANATOMY[sop_class]}, not an image "
+                             "of anatomy", [path])
     if not has_pixels and not any(sop_class.startswith(p) for p in _NON_IMAGE_PREFIXES) and _is_image_class(sop_class):
         # an image object must hold pixel data: one that ends before it was cut short (a broken transfer)
         raise DicomFileError(Reason.TRUNCATED, f"{UID(sop_class).name} object ends before its pixel data", [path])

@@ -21,6 +21,8 @@ sr_without_pixels                     no_pixel_data                no_pixel_data
 rt_plan_without_pixels                no_pixel_data                no_pixel_data
 rt_struct_without_pixels              no_pixel_data                no_pixel_data
 presentation_state_without_pixels     no_pixel_data                no_pixel_data
+rt_dose_grid                          not_anatomy                  not_anatomy
+segmentation_labels                   not_anatomy                  not_anatomy x6
 dicomdir                              dicomdir                     dicomdir
 size_bomb_rows_columns                size_limit                   size_limit
 size_bomb_frames                      size_limit                   size_limit
@@ -184,6 +186,18 @@ def presentation_state(d: Path) -> Built:
     p = d / "PS0001.dcm"
     ds.save_as(p, enforce_file_format=True)
     return Built(p, [p])
+
+
+def segmentation_labels(d: Path) -> Built:
+    """A DICOM SEG-class series: binary label frames with full image geometry, which must not enter a pretraining
+    set as if they were scans (the class alone decides; the pixels look like any other stack)."""
+    files = series(d)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+        ds.Modality = "SEG"
+        ds.save_as(f, enforce_file_format=True)
+    return Built(d, files)
 
 
 def legacy_multiframe(d: Path) -> Built:
@@ -537,6 +551,8 @@ CASES = [
     Case("rt_plan_without_pixels", file_case("rtplan.dcm"), "no_pixel_data", C(("no_pixel_data", 1))),
     Case("rt_struct_without_pixels", file_case("rtstruct.dcm"), "no_pixel_data", C(("no_pixel_data", 1))),
     Case("presentation_state_without_pixels", presentation_state, "no_pixel_data", C(("no_pixel_data", 1))),
+    Case("rt_dose_grid", file_case("rtdose.dcm"), "not_anatomy", C(("not_anatomy", 1))),
+    Case("segmentation_labels", segmentation_labels, "not_anatomy", C(("not_anatomy", 6))),
     Case("dicomdir", file_case("dicomdirtests/DICOMDIR", "DICOMDIR"), "dicomdir", C(("dicomdir", 1))),
     Case("size_bomb_rows_columns", size_bomb(65535, 65535, 1), "size_limit", C(("size_limit", 1))),
     Case("size_bomb_frames", size_bomb(16, 16, 2**31 - 1), "size_limit", C(("size_limit", 1))),
