@@ -40,6 +40,7 @@ from medssl.data.medmnist import MedMNISTDataset
 from medssl.finetune.config_file import SELECTS, ProtocolConfigError, check_fields, read_yaml_config
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
 from medssl.eval.metrics import classification_metrics
+from medssl.eval.precise_bn import recalibrated_copy
 from medssl.eval.probe import extract_features, knn_predict, linear_probe_predict
 from medssl.finetune.classification import fit_classifier, labelled_set
 from medssl.finetune.subsets import SubsetRecord
@@ -70,7 +71,11 @@ class ProtocolConfig:
     the best validation AUROC) or ``last`` (the final weights; the validation split is not used to pick an epoch,
     which removes the selection noise of a small validation split; ``patience`` is not used: every run trains all
     its epochs). ``encoder_lr_scale``: ``finetune`` trains the pretrained encoder at this fraction of ``lr`` (the
-    head at ``lr``); scratch has nothing pretrained to protect and keeps one LR.
+    head at ``lr``); scratch has nothing pretrained to protect and keeps one LR. ``probe_precise_bn``:
+    ``linear_probe`` and ``knn`` take their features from a copy of the encoder whose BatchNorm statistics are
+    re-estimated on the (unaugmented, unlabelled use of the) train split images (:func:`~medssl.eval.precise_bn.
+    recalibrated_copy`, ``feature_batch_size`` x 8 images), as the online probe does during pretraining; off, they
+    use the running statistics the encoder was exported with, which pretraining accumulated on augmented views.
     """
 
     path: str
@@ -104,6 +109,7 @@ class ProtocolConfig:
     probe_C: float = 1.0
     max_eval: int | None = None
     feature_batch_size: int = 256
+    probe_precise_bn: bool = False
     plot: bool = True
     keep_checkpoints: bool = False
 
@@ -196,8 +202,9 @@ class ProtocolConfig:
             raise bad("weight_decay", "must be a number >= 0")
         if not isinstance(self.warmup, (int, float)) or self.warmup < 0:
             raise bad("warmup", "must be >= 0 (fraction of steps if < 1, else steps)")
-        if not isinstance(self.augment, bool):
-            raise bad("augment", "must be true or false")
+        for name in ("augment", "probe_precise_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise bad("dropout", "must lie in [0, 1)")
         if not isinstance(self.layer_decay, (int, float)) or not 0 < self.layer_decay <= 1:
@@ -268,6 +275,8 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, progress: bool = T
     features: dict[str, np.ndarray] = {}
     if any(m in ("linear_probe", "knn") for m in cfg.methods):
         encoder = load_encoder(cfg.encoder).module
+        if cfg.probe_precise_bn:  # BatchNorm statistics of clean train images, not of pretraining's views
+            encoder = recalibrated_copy(encoder, train, batch_size=cfg.feature_batch_size)
         features["train"], _ = extract_features(encoder, train, batch_size=cfg.feature_batch_size)
         features["test"], features["test_y"] = extract_features(encoder, test, batch_size=cfg.feature_batch_size)
 

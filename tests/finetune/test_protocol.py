@@ -182,3 +182,35 @@ def test_select_last_and_ema_reach_every_trained_run(fake_npz, tiny_card, tmp_pa
     for run in runs:
         assert (run["select"], run["ema_decay"], run["epochs_trained"], run["best_epoch"]) == ("last", 0.5, 3, 2)
         assert not run["stopped_early"]
+
+
+def test_probe_precise_bn_recalibrates_on_the_train_split_only(fake_npz, tiny_card, tmp_path, one_thread,
+                                                               monkeypatch):
+    """probe_precise_bn: the probes' features come from a copy of the encoder whose BatchNorm statistics were
+    re-estimated on the plain train split images (never val or test), and the encoder itself is left as loaded."""
+    import torch
+
+    from medssl.finetune import protocol
+
+    calls = []
+    original = protocol.recalibrated_copy
+
+    def spy(encoder, dataset, **kwargs):
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        copy = original(encoder, dataset, **kwargs)
+        assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # the loaded one unchanged
+        calls.append((dataset.split, len(dataset), dataset.transform, copy is not encoder))
+        return copy
+
+    monkeypatch.setattr(protocol, "recalibrated_copy", spy)
+    base = dict(path=str(fake_npz), encoder=str(tiny_card), fractions=[0.5], seeds=[0], methods=["linear_probe", "knn"],
+                plot=False)
+    plain = run_protocol(ProtocolConfig(**base), tmp_path / "plain", progress=False)
+    assert calls == []
+    recal = run_protocol(ProtocolConfig(**base, probe_precise_bn=True), tmp_path / "recal", progress=False)
+    n_train = json.loads((tmp_path / "recal" / f"label_efficiency_{fake_npz.stem}.json").read_text())["data"]["n_train"]
+    assert calls == [("train", n_train, None, True)]
+    value = {(r["method"], r["metric"]): r["value"] for r in plain}
+    assert any(r["value"] != value[r["method"], r["metric"]] for r in recal)  # other statistics, other features
+    with pytest.raises(ProtocolConfigError, match="probe_precise_bn"):
+        ProtocolConfig(**base, probe_precise_bn="yes").validate()
