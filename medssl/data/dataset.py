@@ -35,6 +35,7 @@ from monai.transforms import RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
 from medssl.data.cache import PathLike, PreprocessCache, Source
+from medssl.data.lock import DEFAULT_TIMEOUT_S, folder_lock
 from medssl.errors import MedsslError, NiftiError, Reason
 
 log = logging.getLogger(__name__)
@@ -102,26 +103,31 @@ class ScanDataset(Dataset):
             self._offsets = np.cumsum([0, *(shape[slice_axis] for shape in shapes)])
 
     @classmethod
-    def from_index(cls, index_dir: PathLike, archive_root: PathLike, cache: PreprocessCache,
-                   **kwargs: Any) -> ScanDataset:
+    def from_index(cls, index_dir: PathLike, archive_root: PathLike, cache: PreprocessCache, *,
+                   lock_timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> ScanDataset:
         """Dataset of the series indexed by the crawler: ``series.csv`` (series_key, status, ...) and
         ``files.csv`` (path, status, series_key), paths relative to ``archive_root``; usable series (status ok*)
         and their indexed files only: duplicates marked by ``medssl index --dedup`` (status ``duplicate`` /
         ``near_duplicate``) are left out. ``patient_keys`` holds each series' hashed patient key (its series key
-        for indexes without that column)."""
+        for indexes without that column). The manifests are read under the index folder's shared lock
+        (:func:`~medssl.data.lock.folder_lock`), so a ``medssl index`` run rewriting them is waited for (up to
+        ``lock_timeout_s``, then :class:`~medssl.data.lock.IndexLockedError`) instead of read half-way."""
         index_dir, archive_root = Path(index_dir), Path(archive_root)
-        with open(index_dir / "series.csv", newline="") as fh:
-            usable = [r for r in csv.DictReader(fh) if r["status"] in ("ok", "ok_with_warnings")]
-        keys = [r["series_key"] for r in usable]
-        patient_of = {r["series_key"]: r.get("patient_key") or r["series_key"] for r in usable}
-        files: dict[str, list[Path]] = defaultdict(list)
-        wanted = set(keys)
-        with open(index_dir / "files.csv", newline="") as fh:
-            for r in csv.DictReader(fh):
-                if r["status"] == "indexed" and r["series_key"] in wanted:
-                    files[r["series_key"]].append(archive_root / r["path"])
+        if not (index_dir / "series.csv").is_file():
+            raise FileNotFoundError(f"{index_dir} holds no series.csv: not an index folder (run medssl index)")
+        with folder_lock(index_dir, shared=True, timeout_s=lock_timeout_s):
+            with open(index_dir / "series.csv", newline="") as fh:
+                usable = [r for r in csv.DictReader(fh) if r["status"] in ("ok", "ok_with_warnings")]
+            keys = [r["series_key"] for r in usable]
+            patient_of = {r["series_key"]: r.get("patient_key") or r["series_key"] for r in usable}
+            files: dict[str, list[Path]] = defaultdict(list)
+            wanted = set(keys)
+            with open(index_dir / "files.csv", newline="") as fh:
+                for r in csv.DictReader(fh):
+                    if r["status"] == "indexed" and r["series_key"] in wanted:
+                        files[r["series_key"]].append(archive_root / r["path"])
+            policy = _index_policy(index_dir)
         keys = [k for k in keys if files[k]]
-        policy = _index_policy(index_dir)
         if policy and cache.loader is None:
             # series the crawler accepted only under an opt-in policy (tilt correction, resampling) must be read
             # with the same policy, or the strict default reader would reject them

@@ -1,10 +1,12 @@
-"""An exclusive, cross-process lock on an index folder, so that two ``medssl index`` runs never interleave.
+"""A cross-process lock on an index folder, so that two ``medssl index`` runs never interleave and no reader sees
+a half-rewritten index.
 
 Every file of an index is replaced atomically (:mod:`medssl.data.atomic`), but a folder written by two runs at once
 could still mix them: ``files.csv`` of one run beside ``series.csv`` of the other, a ``salt.txt`` created twice
 (series keys hashed with a salt that is no longer on disk) or a header cache written by the slower run. So
 :func:`build_index <medssl.data.index.build_index>` holds :func:`folder_lock` on ``<out>/.index.lock`` from before
-it reads the salt until after ``index.json`` is written.
+it reads the salt until after ``index.json`` is written, and readers of the manifests
+(:meth:`ScanDataset.from_index <medssl.data.dataset.ScanDataset.from_index>`) hold it shared while they read.
 
 Policy: the second run **waits** for the first (polling every ``poll_s``) and then indexes with the folder the
 first one left (its header cache makes that fast); after ``timeout_s`` it gives up with
@@ -37,34 +39,50 @@ class IndexLockedError(MedsslError):
 
 @contextmanager
 def folder_lock(folder: str | os.PathLike, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                poll_s: float = 0.05) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block; yields the lock file.
+                poll_s: float = 0.05, shared: bool = False) -> Iterator[Path | None]:
+    """Hold a lock on ``folder`` for the ``with`` block; yields the lock file.
 
-    Waits up to ``timeout_s`` (0: try once) for another holder, then raises :class:`IndexLockedError`.
+    Exclusive (``medssl index``; the folder is created if missing) or ``shared`` (readers of a finished index:
+    any number of them at once, none while an index run holds it exclusively, so a reader never mixes the
+    ``series.csv`` of one run with the ``files.csv`` of the next). Waits up to ``timeout_s`` (0: try once) for an
+    incompatible holder, then raises :class:`IndexLockedError`. A shared lock on a folder where the lock file
+    cannot be created (a read-only copy of an index: nothing can be indexing into it) is skipped and yields None.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not shared:
+        folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if not shared or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            yield None
+            return
     try:
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    raise IndexLockedError(
-                        Reason.INDEX_LOCKED, f"another medssl index run has held {folder} for more than "
-                        f"{timeout_s:g} s; wait for it to finish or index into another folder", [folder]) from None
+                    advice = ("read it once that run has finished" if shared else
+                              "wait for it to finish or index into another folder")
+                    raise IndexLockedError(Reason.INDEX_LOCKED, f"a medssl index run has held {folder} for more "
+                                           f"than {timeout_s:g} s; {advice}", [folder]) from None
                 time.sleep(poll_s)
-        try:
-            os.ftruncate(fd, 0)  # who holds it, for a person looking at a stuck folder (not read by medssl)
-            os.write(fd, f"pid {os.getpid()}\n".encode())
-        except OSError:
-            pass
+        if not shared:
+            try:
+                os.ftruncate(fd, 0)  # who holds it, for a person looking at a stuck folder (not read by medssl)
+                os.write(fd, f"pid {os.getpid()}\n".encode())
+            except OSError:
+                pass
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

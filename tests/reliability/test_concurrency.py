@@ -3,7 +3,8 @@ worker processes.
 
 The index folder is locked (``medssl.data.lock``): a second run waits for the first and then finishes on its own,
 so the folder always holds one run's complete, mutually consistent manifests; past the timeout the waiting run
-raises ``index_locked`` and writes nothing; a holder killed with SIGKILL releases the lock. The cache's entries are
+raises ``index_locked`` and writes nothing; a holder killed with SIGKILL releases the lock; readers of the
+manifests hold the lock shared, so they wait for an index run but not for each other. The cache's entries are
 written to a temp file and renamed, so workers that compute one entry at the same time from a cold cache leave one
 valid entry and return identical arrays.
 """
@@ -129,6 +130,38 @@ def test_killed_holder_releases_the_lock(archive, tmp_path):
         holder.wait(timeout=30)
     build_index(archive, out, workers=1, progress=False, lock_timeout_s=10)  # the stale lock file blocks nothing
     _assert_consistent(archive, out)
+
+
+def test_readers_wait_for_an_index_run_and_share_with_each_other(archive, tmp_path):
+    """from_index reads the manifests under the folder's shared lock: it waits for an index run (the exclusive
+    holder) and gives up past its timeout with index_locked; readers do not block each other."""
+    out = tmp_path / "index"
+    build_index(archive, out, workers=1, progress=False)
+    cache = PreprocessCache(tmp_path / "cache", PreprocessPlan())
+    with folder_lock(out):  # an index run in progress
+        t0 = time.monotonic()
+        with pytest.raises(IndexLockedError) as info:
+            ScanDataset.from_index(out, archive, cache, lock_timeout_s=0.3)
+        assert 0.3 <= time.monotonic() - t0 < 5
+    assert info.value.reason is Reason.INDEX_LOCKED and str(out) in str(info.value)
+    with folder_lock(out, shared=True), folder_lock(out, shared=True, timeout_s=0):  # two readers at once
+        assert len(ScanDataset.from_index(out, archive, cache, lock_timeout_s=0)) == 12
+        with pytest.raises(IndexLockedError):
+            with folder_lock(out, timeout_s=0):  # an index run waits for the readers
+                pass
+    code = ("import sys, time\nfrom medssl.data.lock import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        assert len(ScanDataset.from_index(out, archive, cache, lock_timeout_s=60)) == 12  # waited, then read
+        assert time.monotonic() - t0 > 0.5
+    finally:
+        holder.wait(timeout=30)
+    with pytest.raises(FileNotFoundError, match="not an index folder"):
+        ScanDataset.from_index(tmp_path / "empty", archive, cache)
 
 
 # ------------------------------------------------------------------------------------------------------- cache
