@@ -4,7 +4,8 @@ near-identical volumes.
 Three kinds, each reported in ``duplicates.csv`` (``kind, series_key, duplicate_of, distance``; every key a salted
 hash) and counted in ``index.json``:
 
-- ``file``: byte-identical files (sha256 of the bytes; only files whose size collides are hashed). The first by
+- ``file``: byte-identical files (sha256 of the bytes; only files whose size collides are hashed, and a file
+  unchanged since the last run is not read again: its salted digest is kept in the index's header cache). The first by
   relative path is kept; every later copy is **skipped** in ``files.csv`` with reason ``duplicate_file`` *before*
   files are grouped into series, so a copied slice never makes its series look like it has two slices at one
   position, and a copied folder yields its series once. For this kind ``series_key`` and ``duplicate_of`` are file
@@ -32,7 +33,7 @@ of its files; a volume is compared with kept volumes only (chains do not propaga
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -57,30 +58,43 @@ def file_key(rel: str, salt: str) -> str:
     return hash_identifier("file:" + rel, salt)
 
 
-def duplicate_files(candidates: Sequence[tuple[str, str, int]]) -> dict[str, str]:
-    """``(rel, path, size)`` -> ``{copy rel: original rel}`` for byte-identical files; the original is the first by
-    relative path. Only files sharing a size are read."""
+def content_digest(path: str, salt: str) -> str:
+    """Salted digest of a file's bytes (sha256 under the archive's salt): what ``file`` duplicates compare, and what
+    the index's header cache keeps so that an unchanged file is not read again by the next ``--dedup`` run."""
+    return hash_identifier("sha256:" + file_sha256(path), salt, 32)
+
+
+def duplicate_files(candidates: Sequence[tuple[str, str, int]], salt: str,
+                    known: Mapping[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """``(rel, path, size)`` -> ``({copy rel: original rel}, {rel: content digest})`` for byte-identical files; the
+    original is the first by relative path. Only files sharing a size are compared; ``known`` holds the digests
+    (:func:`content_digest`) of files unchanged since they were computed, which are not read again. The second
+    dict holds the digest of every file compared (for the cache)."""
+    known = known or {}
     by_size: dict[int, list[tuple[str, str]]] = {}
     for rel, path, size in candidates:
         by_size.setdefault(size, []).append((rel, path))
     copies: dict[str, str] = {}
+    digests: dict[str, str] = {}
     for group in by_size.values():
         if len(group) < 2:
             continue
         first: dict[str, str] = {}
         for rel, path in sorted(group):
-            try:
-                digest = file_sha256(path)
-            except OSError:
-                continue  # vanished or unreadable since its header was read: not a duplicate of anything
+            digest = known.get(rel)
+            if digest is None:
+                try:
+                    digest = content_digest(path, salt)
+                except OSError:
+                    continue  # vanished or unreadable since its header was read: not a duplicate of anything
+            digests[rel] = digest
             if digest in first:
                 copies[rel] = first[digest]
             else:
                 first[digest] = rel
-    return copies
+    return copies, digests
 
 
-# ------------------------------------------------------------------------------------------------- fingerprints
 def canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
     """``array`` (X, Y, Z[, T]) permuted/flipped to the closest RAS axis order, and its spacing in that order."""
     from nibabel.orientations import apply_orientation, io_orientation

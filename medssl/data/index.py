@@ -8,8 +8,9 @@
 - ``series.csv``: usable volumes only (``ok``, or ``ok_with_warnings`` when tilt/uneven resampling was opted in),
   described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
-  settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers keyed by a salted hash of the
-  relative path, reused while a file's ``(size, mtime_ns)`` is unchanged); ``.assessments.json``: each group of
+  settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers, and the salted content
+  digests ``--dedup`` computed, keyed by a salted hash of the relative path, reused while a file's
+  ``(size, mtime_ns)`` is unchanged); ``.assessments.json``: each group of
   files' stack assessments (:mod:`medssl.data.assess_cache`), reused while its files, their stat keys and the
   settings are unchanged. A manifest whose content would not change is not rewritten (``unchanged_outputs``).
 - with ``dedup=True`` (``medssl index --dedup``): ``duplicates.csv`` and duplicate statuses, see
@@ -375,10 +376,12 @@ def _typed(row: dict) -> dict:
     return out
 
 
-def _lookup(found: list[Found], cache: dict, keys: dict[str, str]) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
-    """Cached ``rel -> (record or None, reason)`` for files whose (size, mtime_ns) is unchanged; the rest to read.
-    ``keys``: each readable file's cache key (salted hash of its relative path)."""
-    records, todo = {}, []
+def _lookup(found: list[Found], cache: dict, keys: dict[str, str]
+            ) -> tuple[dict[str, tuple], list[tuple[str, str]], dict[str, str]]:
+    """Cached ``rel -> (record or None, reason)`` for files whose (size, mtime_ns) is unchanged, the rest to read,
+    and the cached content digests (``--dedup``) of the unchanged files. ``keys``: each readable file's cache key
+    (salted hash of its relative path)."""
+    records, todo, digests = {}, [], {}
     for f in found:
         if f.reason:
             continue
@@ -386,14 +389,18 @@ def _lookup(found: list[Found], cache: dict, keys: dict[str, str]) -> tuple[dict
         if (isinstance(hit, dict) and hit.get("size") == f.size and hit.get("mtime_ns") == f.mtime_ns
                 and (hit.get("reason") or set(hit.get("header") or ()) == set(_HEADER_FIELDS))):
             records[f.rel] = (hit.get("header"), hit.get("reason", ""))
+            if isinstance(hit.get("content"), str):
+                digests[f.rel] = hit["content"]
         else:
             todo.append((f.rel, f.path))
-    return records, todo
+    return records, todo, digests
 
 
-def _cache_entries(found: list[Found], records: dict[str, tuple], keys: dict[str, str]) -> dict[str, dict]:
-    """Cache content: headers and content-determined skip reasons of the files that exist now, keyed by a salted
-    hash of the relative path (the cache holds no file or folder names)."""
+def _cache_entries(found: list[Found], records: dict[str, tuple], keys: dict[str, str],
+                   digests: dict[str, str]) -> dict[str, dict]:
+    """Cache content: headers, content-determined skip reasons and content digests (:func:`~medssl.data.dedup.
+    content_digest`, salted) of the files that exist now, keyed by a salted hash of the relative path (the cache
+    holds no file or folder names)."""
     entries = {}
     for f in found:
         if f.reason:  # ruled out by the walk: never read, never cached
@@ -401,6 +408,8 @@ def _cache_entries(found: list[Found], records: dict[str, tuple], keys: dict[str
         rec, reason = records.get(f.rel, (None, ""))
         if rec is not None:
             entries[keys[f.rel]] = {"size": f.size, "mtime_ns": f.mtime_ns, "header": rec}
+            if f.rel in digests:
+                entries[keys[f.rel]]["content"] = digests[f.rel]
         elif reason and reason not in _TRANSIENT:
             entries[keys[f.rel]] = {"size": f.size, "mtime_ns": f.mtime_ns, "reason": reason}
     return entries
@@ -440,7 +449,7 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
     stamp = _cache_stamp(archive, salt)
     cached = _load_cache(out_dir, stamp) if reuse else None
     keys = {f.rel: hash_identifier(f.rel, salt, 32) for f in found if not f.reason}  # computed once: 20k HMACs
-    records, todo = _lookup(found, cached or {}, keys)
+    records, todo, digests = _lookup(found, cached or {}, keys)
     t1 = time.perf_counter()
     timings["lookup_s"] = t1 - t0 - timings["crawl_s"]  # header cache load, path keys, stat comparison
     records.update(_read_all(todo, salt, workers, show))
@@ -448,8 +457,11 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
 
     t2 = time.perf_counter()
     # byte-identical copies are set aside before grouping (a copied slice is not a second slice at its position)
-    copies = duplicate_files([(f.rel, f.path, f.size) for f in found if records.get(f.rel, (None,))[0]]) \
-        if dedup else {}
+    copies: dict[str, str] = {}
+    if dedup:
+        copies, compared = duplicate_files([(f.rel, f.path, f.size) for f in found if records.get(f.rel, (None,))[0]],
+                                           salt, known=digests)
+        digests.update(compared)
     damaged = Counter(hash_identifier(uid, salt) for f in found
                       if records.get(f.rel, (None, ""))[1] == Reason.TRUNCATED.value
                       and (uid := series_uid_of_damaged(f.path)))
@@ -490,7 +502,7 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
     else:
         (out_dir / "duplicates.csv").unlink(missing_ok=True)  # a stale report would contradict series.csv
     unchanged = [name for name, text in outputs.items() if not _write_if_changed(out_dir / name, text)]
-    entries = _cache_entries(found, records, keys)
+    entries = _cache_entries(found, records, keys, digests)
     if entries != cached:  # None (no usable cache) never equals; an unchanged archive rebuilds the same entries
         atomic_write_text(out_dir / CACHE_FILE, json.dumps({**stamp, "files": entries}, separators=(",", ":")))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -232,3 +233,38 @@ def test_find_duplicates_matches_a_naive_pairwise_scan(popcount, monkeypatch):
     assert kinds["n0"] == ("near", "s003", 5) and kinds["n1"] == ("near", "s007", NEAR_MAX_DISTANCE)
     assert kinds["s020"] == ("near", "s020b", 0) and kinds["tie"] == ("near", "s020b", 0)
     assert kinds["copy"] == ("series", "s005", 0) and "n2" not in kinds and "flat" not in kinds
+
+
+def test_rerun_reads_only_changed_files_for_byte_copies(archive, tmp_path, monkeypatch):
+    """The salted content digests of --dedup are cached with the headers: an unchanged archive is not read again
+    for file copies (also after a run without --dedup in between), a file rewritten in place is, and the cache
+    holds no plain sha256 of any file."""
+    from medssl.data import dedup
+    from medssl.data.hashing import file_sha256
+
+    work = tmp_path / "archive"
+    shutil.copytree(archive, work)
+    out = tmp_path / "index"
+    first = build_index(work, out, workers=1, progress=False, dedup=True)
+    hashed: list[str] = []
+    original = dedup.file_sha256
+
+    def counting(path):
+        hashed.append(Path(path).relative_to(work).as_posix())
+        return original(path)
+
+    monkeypatch.setattr(dedup, "file_sha256", counting)
+    build_index(work, out, workers=1, progress=False)  # without --dedup: the digests stay in the cache
+    again = build_index(work, out, workers=1, progress=False, dedup=True)
+    assert hashed == [] and again.duplicates == first.duplicates
+    cache = (out / ".headers.json").read_text()
+    assert not any(file_sha256(p) in cache for p in list((work / "a").iterdir())[:3])
+    # one file of e/ rewritten with other bytes of the same size: it alone is read again, and it is no copy
+    victim = sorted((work / "e").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    third = build_index(work, out, workers=1, progress=False, dedup=True)
+    assert hashed == [victim.relative_to(work).as_posix()]
+    assert third.duplicates == first.duplicates
