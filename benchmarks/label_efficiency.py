@@ -192,13 +192,35 @@ def pretrain_medssl(arm: str, ds: Dataset, data_path: Path, run_dir: Path, tmp: 
             "val_loss_before": summary.get("val_loss_before"), "val_loss_after": summary.get("val_loss_after")}
 
 
+def _config_files(arm: str, ds: Dataset) -> list[Path]:
+    """The YAML files an arm's pretraining reads on ``ds`` (the peer: the overlay, for its encoder and 3D views)."""
+    if ds.kind == "seg":
+        return [PRETRAIN / "hippocampus" / f"{arm}_basicunet_cpu.yaml"]
+    if arm == "mae":
+        return [PRETRAIN / ds.mae_config] if ds.mae_config else []
+    overlay = [PRETRAIN / ds.overlay] if ds.overlay else []
+    return overlay if arm == PEER else [PRETRAIN / "medmnist" / f"{arm}.yaml", *overlay]
+
+
+def _config_sha256(arm: str, ds: Dataset) -> str:
+    """Digest of the contents of :func:`_config_files`: ``--reuse`` takes a pretraining run only while the files
+    that configured it are unchanged (a new view recipe in the overlay must not reuse runs made with the old one)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in _config_files(arm, ds):
+        h.update(f"{path.relative_to(REPO)}\n".encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
 def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, epochs: int,
                  quick: bool, reuse: bool = False, overrides: list[str] | None = None,
                  seed: int = 0) -> dict[str, Any]:
     """Pretrain one arm into ``work/pretrain_<arm>`` and record its summary there (``bench_pretrain.json``).
 
-    ``reuse``: an earlier run of the same arm, epochs, quick setting, overrides and seed in that folder is taken as
-    it is (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``:
+    ``reuse``: an earlier run of the same arm, epochs, quick setting, overrides, seed and config file contents
+    (:func:`_config_sha256`) in that folder is taken as it is (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``:
     pretraining config settings of the medssl arms; on 3D data their view settings also set the peer's views
     (:func:`_peer_overrides`), so every arm sees the same augmentations. A run with overrides goes to
     ``pretrain_<arm>_<hash of the overrides>``.
@@ -214,8 +236,11 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
     summary_path = run_dir / "bench_pretrain.json"
     if reuse and summary_path.is_file():
         done = json.loads(summary_path.read_text())
-        if (done.get("requested_epochs"), done.get("quick"), done.get("overrides", []), done.get("seed", 0)) == (
-                epochs, quick, overrides, seed) and Path(done["card"]).is_file():
+        configs = _config_sha256(arm, ds)
+        # a summary written before config hashes were recorded is taken as made with the files as they are
+        if (done.get("requested_epochs"), done.get("quick"), done.get("overrides", []), done.get("seed", 0),
+                done.get("config_sha256", configs)) == (epochs, quick, overrides, seed, configs) \
+                and Path(done["card"]).is_file():
             print(f"== reuse pretrained {arm} on {ds.name}: {done['card']}", flush=True)
             return {**done, "reused": True}
     print(f"== pretrain {arm} on {ds.name} ({epochs} epochs, seed {seed})", flush=True)
@@ -230,7 +255,8 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
                                        max_steps=2 if quick else None, seed=seed)
     else:
         done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick, overrides, seed)
-    done.update(requested_epochs=epochs, quick=quick, overrides=overrides, seed=seed)
+    done.update(requested_epochs=epochs, quick=quick, overrides=overrides, seed=seed,
+                config_sha256=_config_sha256(arm, ds))
     atomic_write_json(summary_path, done)
     return done
 

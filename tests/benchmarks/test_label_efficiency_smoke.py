@@ -222,3 +222,40 @@ def test_view_overrides_reach_the_peer_on_3d_only():
     from medssl.transforms.views import MultiViewTransform
 
     MultiViewTransform(**{**merged, "spatial_dims": 3})  # valid transform arguments
+
+
+def test_reuse_of_a_pretraining_run_requires_unchanged_config_files(tmp_path, monkeypatch):
+    """--reuse takes a pretraining run only while the YAML files that configured it hold what they held then; a
+    summary from before config hashes were recorded is taken as made with the files as they are."""
+    import shutil
+
+    bench = load_bench()
+    pretrain = tmp_path / "configs"
+    shutil.copytree(bench.PRETRAIN, pretrain)
+    monkeypatch.setattr(bench, "PRETRAIN", pretrain)
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    ds = bench.DATASETS["adrenalmnist3d"]
+    assert [p.name for p in bench._config_files("simclr", ds)] == ["simclr.yaml", "adrenal3d_cpu.yaml"]
+    assert [p.name for p in bench._config_files("lightly_simclr", ds)] == ["adrenal3d_cpu.yaml"]
+    ran = []
+
+    def fake_pretrain(arm, ds_, data_path, run_dir, tmp, epochs, quick, overrides, seed):
+        ran.append(arm)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "encoder.json").write_text("{}")
+        return {"card": str(run_dir / "encoder.json"), "steps": 1}
+
+    monkeypatch.setattr(bench, "pretrain_medssl", fake_pretrain)
+    args = ("simclr", ds, tmp_path / "data.npz", tmp_path / "work", tmp_path, 5, False)
+    first = bench.pretrain_arm(*args, reuse=True)
+    assert ran == ["simclr"] and first["config_sha256"] == bench._config_sha256("simclr", ds)
+    assert bench.pretrain_arm(*args, reuse=True)["reused"] is True and ran == ["simclr"]
+    summary = tmp_path / "work" / "pretrain_simclr" / "bench_pretrain.json"
+    legacy = {k: v for k, v in json.loads(summary.read_text()).items() if k != "config_sha256"}
+    summary.write_text(json.dumps(legacy))
+    assert bench.pretrain_arm(*args, reuse=True)["reused"] is True  # recorded before hashes: taken
+    summary.write_text(json.dumps(first))
+    overlay = pretrain / "medmnist" / "adrenal3d_cpu.yaml"
+    overlay.write_text(overlay.read_text().replace("global_scale: [0.35, 1.0]", "global_scale: [0.7, 1.0]"))
+    assert bench._config_sha256("simclr", ds) != first["config_sha256"]
+    assert "reused" not in bench.pretrain_arm(*args, reuse=True) and ran == ["simclr", "simclr"]  # run again
