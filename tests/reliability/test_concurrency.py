@@ -115,14 +115,20 @@ def test_timeout_raises_typed_error_naming_the_folder(archive, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # it wrote nothing
 
 
+def _lock_holder(out: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding ``out``'s index lock (exclusively) for ``seconds``; returns once it holds it."""
+    code = ("import sys, time\nfrom medssl.data.lock import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(float(sys.argv[2]))\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out), str(seconds)], cwd=REPO, env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_killed_holder_releases_the_lock(archive, tmp_path):
     out = tmp_path / "index"
-    code = ("import sys, time\nfrom medssl.data.lock import folder_lock\n"
-            "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                              text=True)
+    holder = _lock_holder(out, 600)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(IndexLockedError):
             build_index(archive, out, workers=1, progress=False, lock_timeout_s=0.2)
     finally:
@@ -149,12 +155,8 @@ def test_readers_wait_for_an_index_run_and_share_with_each_other(archive, tmp_pa
         with pytest.raises(IndexLockedError):
             with folder_lock(out, timeout_s=0):  # an index run waits for the readers
                 pass
-    code = ("import sys, time\nfrom medssl.data.lock import folder_lock\n"
-            "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(1.5)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                              text=True)
+    holder = _lock_holder(out, 1.5)
     try:
-        assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
         assert len(ScanDataset.from_index(out, archive, cache, lock_timeout_s=60)) == 12  # waited, then read
         assert time.monotonic() - t0 > 0.5
