@@ -61,6 +61,12 @@ Recommended settings (:meth:`ViewConfig.simclr`, :meth:`ViewConfig.dino`):
   probabilities.
 * DINO: two global views ``global_scale=(0.4, 1.0)`` plus ``num_local`` local views ``local_scale=(0.05, 0.4)`` at
   about half the global size (e.g. 6 locals in 2D; 4 keeps 3D loading affordable).
+* Tasks whose label *is* size or shape (a mass on a segmented organ, e.g. AdrenalMNIST3D's binary gland masks):
+  crops that are resized to the view size zoom in by up to ``(1 / min scale) ** (1 / N)`` (1.4x in 3D at 0.35),
+  which teaches invariance to exactly the enlargement that marks the positive class. Keep ``global_scale`` near
+  ``(0.7, 1.0)`` and ``aspect_ratio`` near ``(0.9, 1.11)`` and get variety from ``flip_axes`` / ``rotate90_prob``
+  where the label does not depend on side or orientation. Measured on AdrenalMNIST3D (10% labels, 3 pretraining
+  seeds): SimCLR fine-tuning AUROC 0.783 -> 0.814 (``configs/pretrain/medmnist/adrenal3d_cpu.yaml``).
 
 In a YAML data config::
 
