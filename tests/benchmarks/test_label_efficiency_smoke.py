@@ -256,6 +256,8 @@ def test_reuse_of_a_pretraining_run_requires_unchanged_config_files(tmp_path, mo
     assert bench.pretrain_arm(*args, reuse=True)["reused"] is True  # recorded before hashes: taken
     summary.write_text(json.dumps(first))
     overlay = pretrain / "medmnist" / "adrenal3d_cpu.yaml"
-    overlay.write_text(overlay.read_text().replace("global_scale: [0.35, 1.0]", "global_scale: [0.7, 1.0]"))
+    settings = yaml.safe_load(overlay.read_text())
+    settings["data"]["views"]["init_args"]["global_scale"] = [0.5, 1.0]  # another view recipe
+    overlay.write_text(yaml.safe_dump(settings))
     assert bench._config_sha256("simclr", ds) != first["config_sha256"]
     assert "reused" not in bench.pretrain_arm(*args, reuse=True) and ran == ["simclr", "simclr"]  # run again
