@@ -194,7 +194,9 @@ def test_lightly_peer_3d_uses_the_overlay_views(tmp_path, shared_data):
 
     ds = bench.DATASETS["adrenalmnist3d"]
     views = bench._overlay_views(ds)
-    assert views["global_scale"] == [0.35, 1.0] and views["spatial_dims"] == 3
+    overlay = yaml.safe_load((bench.PRETRAIN / ds.overlay).read_text())["data"]["views"]["init_args"]
+    assert views == overlay and views["spatial_dims"] == 3
+    assert views["flip_axes"] and views["rotate90_prob"] > 0  # the step below runs through flips and quarter turns
     done = pretrain_lightly_simclr(shared_data / ds.data, bench._cls_architecture(ds), tmp_path / "peer", epochs=1,
                                    batch_size=4, views_3d=views, max_items=8, max_steps=1)
     assert done["steps"] == 1 and math.isfinite(done["loss_last_epoch"])
