@@ -32,27 +32,35 @@ from ingest import code_line, code_state, machine, write_results  # shared by ev
 REPO = Path(__file__).resolve().parents[1]
 
 
+class StackedKept:
+    """The kept-hash search as first written (the reference): the list of kept hashes re-stacked into a new
+    (kept, 511) boolean array for every series. It stands in for ``medssl.data.dedup._KeptBits`` in
+    ``find_duplicates``, so both measurements share everything but the search."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.bits: list[np.ndarray] = []
+
+    def nearest(self, bits: np.ndarray) -> tuple[int, int]:
+        if not self.bits:
+            return -1, len(bits) + 1
+        dist = (np.stack(self.bits) != bits).sum(axis=1)
+        best = int(np.argmin(dist))
+        return best, int(dist[best])
+
+    def add(self, key: str, bits: np.ndarray) -> None:
+        self.keys.append(key)
+        self.bits.append(bits)
+
+
 def reference_search(order, prints, max_distance):
-    """The first implementation: re-stack every kept hash for each new series."""
-    rows, exact_first, kept_keys, kept_bits = [], {}, [], []
-    for key in order:
-        fp = prints[key]
-        if fp.exact in exact_first:
-            rows.append({"kind": "series", "series_key": key, "duplicate_of": exact_first[fp.exact], "distance": 0})
-            continue
-        exact_first[fp.exact] = key
-        if fp.bits is None:
-            continue
-        if kept_bits:
-            dist = (np.stack(kept_bits) != fp.bits).sum(axis=1)
-            best = int(np.argmin(dist))
-            if dist[best] <= max_distance:
-                rows.append({"kind": "near", "series_key": key, "duplicate_of": kept_keys[best],
-                             "distance": int(dist[best])})
-                continue
-        kept_keys.append(key)
-        kept_bits.append(fp.bits)
-    return rows
+    """``find_duplicates`` with the first implementation's kept-hash search."""
+    from unittest import mock
+
+    from medssl.data import dedup
+
+    with mock.patch.object(dedup, "_KeptBits", StackedKept):
+        return dedup.find_duplicates(order, prints, max_distance)
 
 
 def timed(fn, *args) -> tuple[float, list]:

@@ -3,9 +3,9 @@
 
 One invocation pretrains every arm on the unlabeled train split of a dataset with the **same pretraining budget**
 (``--epochs`` epochs at the dataset's batch size, for each ``--pretrain-seeds`` seed; default 0), then evaluates
-every arm with the **same few-label protocol and code** (:mod:`medssl.finetune.protocol` for classification, :mod:`medssl.finetune.seg_protocol` for
-segmentation) on the same recorded label subsets and seeds, scored on the test split; checkpoint selection uses
-the validation split only.
+every arm with the **same few-label protocol and code** (:mod:`medssl.finetune.protocol` for classification,
+:mod:`medssl.finetune.seg_protocol` for segmentation) on the same recorded label subsets and seeds, scored on the
+test split; checkpoint selection uses the validation split only.
 
 Arms (``--arms``):
 
@@ -220,7 +220,8 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
     """Pretrain one arm into ``work/pretrain_<arm>`` and record its summary there (``bench_pretrain.json``).
 
     ``reuse``: an earlier run of the same arm, epochs, quick setting, overrides, seed and config file contents
-    (:func:`_config_sha256`) in that folder is taken as it is (its card and summary), so downstream settings can be compared without pretraining again. ``overrides``:
+    (:func:`_config_sha256`) in that folder is taken as it is (its card and summary), so downstream settings can be
+    compared without pretraining again. ``overrides``:
     pretraining config settings of the medssl arms; on 3D data their view settings also set the peer's views
     (:func:`_peer_overrides`), so every arm sees the same augmentations. A run with overrides goes to
     ``pretrain_<arm>_<hash of the overrides>``.
@@ -234,9 +235,9 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
     suffix = "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
     run_dir = work / f"pretrain_{arm}{suffix}{f'_s{seed}' if seed else ''}"
     summary_path = run_dir / "bench_pretrain.json"
+    configs = _config_sha256(arm, ds)
     if reuse and summary_path.is_file():
         done = json.loads(summary_path.read_text())
-        configs = _config_sha256(arm, ds)
         # a summary written before config hashes were recorded is taken as made with the files as they are
         if (done.get("requested_epochs"), done.get("quick"), done.get("overrides", []), done.get("seed", 0),
                 done.get("config_sha256", configs)) == (epochs, quick, overrides, seed, configs) \
@@ -255,8 +256,7 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
                                        max_steps=2 if quick else None, seed=seed)
     else:
         done = pretrain_medssl(arm, ds, data_path, run_dir, tmp, epochs, quick, overrides, seed)
-    done.update(requested_epochs=epochs, quick=quick, overrides=overrides, seed=seed,
-                config_sha256=_config_sha256(arm, ds))
+    done.update(requested_epochs=epochs, quick=quick, overrides=overrides, seed=seed, config_sha256=configs)
     atomic_write_json(summary_path, done)
     return done
 

@@ -325,7 +325,8 @@ def fit_classifier(card: str | Path | None, arch_spec: dict[str, Any] | None, tr
         optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
     info = train_classifier(module, train_ds, val_ds, epochs=epochs * stretch, batch_size=batch_size, seed=seed,
                             patience=None if select == "last" else patience, val_every_n_epochs=stretch,
-                            run_dir=run_dir, accelerator=accelerator, progress=progress, ema_decay=ema_decay, select=select)
+                            run_dir=run_dir, accelerator=accelerator, progress=progress, ema_decay=ema_decay,
+                            select=select)
     probs, labels = predict_proba(module.model, test_ds, batch_size=max(batch_size, 256))
     report = module.load_report
     return {

@@ -182,24 +182,23 @@ def test_perceptual_hash_separates_copies_from_other_scans():
     assert perceptual_hash(np.full(SHAPE, 40.0)) is None  # a blank volume matches nothing
 
 
-def _naive_find_duplicates(order, prints, max_distance):
-    """Reference: every volume against every kept one, pair by pair (the earliest of the closest wins)."""
-    rows, exact_first, kept = [], {}, []
-    for key in order:
-        fp = prints[key]
-        if fp.exact in exact_first:
-            rows.append({"kind": "series", "series_key": key, "duplicate_of": exact_first[fp.exact], "distance": 0})
-            continue
-        exact_first[fp.exact] = key
-        if fp.bits is None:
-            continue
-        dists = [int(np.count_nonzero(bits != fp.bits)) for _, bits in kept]  # unpacked, one pair at a time
-        if dists and min(dists) <= max_distance:
-            best = dists.index(min(dists))
-            rows.append({"kind": "near", "series_key": key, "duplicate_of": kept[best][0], "distance": dists[best]})
-            continue
-        kept.append((key, fp.bits))
-    return rows
+class _NaiveKept:
+    """Reference for the kept-hash search of find_duplicates (``dedup._KeptBits``): unpacked hashes, compared one
+    pair at a time; the earliest of the closest wins."""
+
+    def __init__(self):
+        self.keys, self.bits = [], []
+
+    def nearest(self, bits):
+        dists = [int(np.count_nonzero(kept != bits)) for kept in self.bits]
+        if not dists:
+            return -1, len(bits) + 1
+        best = dists.index(min(dists))
+        return best, dists[best]
+
+    def add(self, key, bits):
+        self.keys.append(key)
+        self.bits.append(bits)
 
 
 @pytest.mark.parametrize("popcount", ["numpy", "table"])
@@ -228,7 +227,9 @@ def test_find_duplicates_matches_a_naive_pairwise_scan(popcount, monkeypatch):
         + ["n0", "n1", "n2", "n3", "tie", "copy", "flat"]
     order = list(dict.fromkeys(order))
     got = dedup.find_duplicates(order, prints)
-    assert got == _naive_find_duplicates(order, prints, NEAR_MAX_DISTANCE)
+    with monkeypatch.context() as m:
+        m.setattr(dedup, "_KeptBits", _NaiveKept)
+        assert got == dedup.find_duplicates(order, prints)
     kinds = {r["series_key"]: (r["kind"], r["duplicate_of"], r["distance"]) for r in got}
     assert kinds["n0"] == ("near", "s003", 5) and kinds["n1"] == ("near", "s007", NEAR_MAX_DISTANCE)
     assert kinds["s020"] == ("near", "s020b", 0) and kinds["tie"] == ("near", "s020b", 0)
