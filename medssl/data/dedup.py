@@ -197,7 +197,7 @@ class _KeptBits:
     """The perceptual hashes kept so far, bit-packed in one growing array: the nearest kept hash of a new volume
     is one vectorised XOR + popcount over all of them (eight 64-bit words per hash), without re-stacking the kept
     list for every volume. Every volume is still compared with every kept one (a near-duplicate radius of ~22% of
-    the bits leaves no exact sub-quadratic index), at ~0.1 µs per pair (``benchmarks/dedup_search.py``)."""
+    the bits leaves no exact sub-quadratic index), at 40-100 ns per pair (``benchmarks/dedup_search.py``)."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
