@@ -93,7 +93,8 @@ def paired_gains(records: Sequence[dict[str, Any]], *, baseline: str = "scratch"
     Args:
         records: protocol records (``method``, ``fraction`` / ``count`` / ``per_class``, ``n_labelled``, ``seed``,
             ``metric``, ``value``). Runs pair on (budget, seed): the protocols draw one label subset per budget and
-            seed and give it to every method.
+            seed and give it to every method. Records with a ``pretrain_seed`` (several pretraining runs of one
+            arm) are separate replicates, each paired with the baseline's run of the same budget and seed.
         baseline: the arm every other arm is compared with.
         metrics: the metrics to compare (default: all).
         arm: the arm name of a record (default ``record["method"]``; the benchmark harness names arms by pretraining
@@ -101,34 +102,39 @@ def paired_gains(records: Sequence[dict[str, Any]], *, baseline: str = "scratch"
         confidence, n_resamples: of the bootstrap interval.
 
     Rows: ``arm``, ``baseline``, ``budget`` (``(kind, value)``), ``fraction`` / ``count`` / ``per_class``,
-    ``n_labelled`` (mean), ``metric``, ``n_pairs``, ``seeds`` (paired), ``gains`` (per seed), ``mean_gain``,
+    ``n_labelled`` (mean), ``metric``, ``n_pairs``, ``seeds`` (paired: the seed, or ``[pretrain_seed, seed]``),
+    ``gains`` (per pair), ``mean_gain``,
     ``ci_low``, ``ci_high``, ``confidence``, ``seeds_won``, ``verdict``, ``arm_mean``, ``baseline_mean``.
     Pairs where either value is undefined (None/NaN) are left out and counted in ``n_undefined``. Rows keep the order
     in which arms first appear, then budget order.
     """
     name = arm or (lambda r: r["method"])
-    table: dict[tuple, dict[int, float | None]] = {}
+    # one value per replicate: (pretraining seed, seed); the baseline (no pretraining) pairs on the seed alone
+    table: dict[tuple, dict[tuple, float | None]] = {}
     n_labelled: dict[tuple, list[float]] = {}
     for r in records:
         if metrics is not None and r["metric"] not in metrics:
             continue
         key = (name(r), budget_key(r), r["metric"])
-        table.setdefault(key, {})[int(r["seed"])] = r["value"]
+        table.setdefault(key, {})[(r.get("pretrain_seed"), int(r["seed"]))] = r["value"]
         n_labelled.setdefault((key[1], key[2]), []).append(float(r.get("n_labelled") or 0))
     arms = list(dict.fromkeys(k[0] for k in table))
     rows = []
     for (a, budget, metric), values in table.items():
-        base = table.get((baseline, budget, metric))
-        if a == baseline or base is None:
+        base_runs = table.get((baseline, budget, metric))
+        if a == baseline or base_runs is None:
             continue
+        base = {seed: v for (_, seed), v in base_runs.items()}
         sign = 1.0 if higher_is_better(metric) else -1.0
         seeds, gains, mine, theirs, undefined = [], [], [], [], 0
-        for seed in sorted(set(values) & set(base)):
-            v, b = values[seed], base[seed]
+        for replicate in sorted(values, key=lambda k: (k[0] is not None, k[0] or 0, k[1])):
+            if replicate[1] not in base:
+                continue
+            v, b = values[replicate], base[replicate[1]]
             if v is None or b is None or not (math.isfinite(v) and math.isfinite(b)):
                 undefined += 1
                 continue
-            seeds.append(seed)
+            seeds.append(replicate[1] if replicate[0] is None else list(replicate))
             gains.append(sign * (float(v) - float(b)))
             mine.append(float(v))
             theirs.append(float(b))

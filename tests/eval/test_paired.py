@@ -104,3 +104,13 @@ def test_report_table_and_gain_panel(tmp_path):
     # no scratch arm: no paired section, single panel
     alone = {**result, "records": [r for r in records if r["method"] != "scratch"]}
     assert "Paired gain" not in markdown_table(alone, ("auroc",))
+
+
+def test_pretraining_seeds_are_replicates_paired_with_the_baseline_seed():
+    records = [_rec("scratch", s, 0.5 + s / 10) for s in range(2)]
+    for pseed in (0, 1):
+        records += [dict(_rec("simclr finetune", s, 0.6 + s / 10 + pseed / 100), pretrain_seed=pseed)
+                    for s in range(2)]
+    (row,) = paired_gains(records)
+    assert row["n_pairs"] == 4 and row["seeds"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert row["gains"] == pytest.approx([0.1, 0.1, 0.11, 0.11])
