@@ -19,15 +19,23 @@ Arms (``--arms``):
   layer-wise LR decay 0.75).
 
 Downstream evaluations per pretrained arm (classification): ``finetune`` (everything trained, best epoch on val),
-``linear_probe`` (logistic regression on frozen features) and ``knn``; segmentation: ``finetune``. Outputs in
-``--out`` (default ``benchmarks/results``): ``label_efficiency_<dataset>.json`` (records: arm, evaluation, label
-fraction or count, seed, metric, value, wall seconds of that run, pretraining wall seconds of the arm),
+``linear_probe`` (logistic regression on frozen features) and ``knn``; segmentation: ``finetune``.
+
+Label budgets (classification): ``--fractions`` of the train split and/or ``--per-class K ...`` (K labelled images
+of every class, for every arm, the peer included); budgets given on the command line replace the dataset's defaults
+(``Dataset.fractions`` / ``Dataset.per_class``). At 10 or fewer images per class the subset drawn moves the result a
+lot, so the harness warns on stderr when fewer than 5 ``--seeds`` are given for such budgets.
+
+Outputs in ``--out`` (default ``benchmarks/results``): ``label_efficiency_<dataset>.json`` (records: arm,
+evaluation, label fraction, count or per-class budget, seed, metric, value, wall seconds of that run, pretraining
+wall seconds of the arm),
 ``label_efficiency_<dataset>.md`` (mean ± std over seeds, ratio to the peer) and ``label_efficiency_<dataset>.png``.
 
 Usage::
 
     python benchmarks/label_efficiency.py --datasets pneumoniamnist --epochs 15          # the issue's peer budget
     python benchmarks/label_efficiency.py --datasets adrenalmnist3d --arms scratch lightly_simclr simclr mae
+    python benchmarks/label_efficiency.py --datasets pneumoniamnist --per-class 1 5 10 --seeds 0 1 2 3 4
     python benchmarks/label_efficiency.py --quick --out /tmp/res                          # minutes (smoke test)
 """
 from __future__ import annotations
@@ -54,6 +62,7 @@ PEER = "lightly_simclr"
 VIEW_OVERRIDE = "data.views.init_args."  # --pretrain-override prefix the peer's 3D views take too
 CLS_EVALS = ("finetune", "linear_probe", "knn")
 METRIC = {"cls": "auroc", "seg": "dice"}
+FEW_PER_CLASS, MIN_SEEDS_FEW = 10, 5  # the issue: at <= 10 labelled images per class, use >= 5 seeds
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class Dataset:
     mae_config: str | None = None  # standalone MAE config
     fractions: tuple[float, ...] = ()
     counts: tuple[int, ...] = ()
+    per_class: tuple[int, ...] = ()  # labelled images of every class (classification); none by default: run time
     batch_size: int = 32
     overrides: dict[str, Any] = field(default_factory=dict)  # extra pretraining CLI arguments (e.g. 64^3 views)
 
@@ -264,13 +274,13 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_cls(arm: str, ds: Dataset, data_path: Path, card: str | None, seeds: list[int],
                  fractions: list[float], work: Path, quick: bool, arm_overrides: dict[str, Any],
-                 reuse: bool = False, label: str | None = None) -> dict[str, Any]:
-    """The few-label classification protocol for one arm; returns the protocol's result JSON (folder
-    ``work/eval_<label>``, label = the arm by default)."""
+                 reuse: bool = False, label: str | None = None, per_class: list[int] = ()) -> dict[str, Any]:
+    """The few-label classification protocol for one arm on the ``fractions`` and ``per_class`` budgets; returns
+    the protocol's result JSON (folder ``work/eval_<label>``, label = the arm by default)."""
     from medssl.finetune.protocol import ProtocolConfig, run_protocol
 
-    overrides: dict[str, Any] = {"path": str(data_path), "seeds": seeds, "fractions": fractions, "plot": False,
-                                 "dataset": ds.name}
+    overrides: dict[str, Any] = {"path": str(data_path), "seeds": seeds, "fractions": fractions,
+                                 "per_class": list(per_class), "plot": False, "dataset": ds.name}
     if arm == "scratch":
         overrides.update(methods=["scratch"], encoder=None, architecture=_cls_architecture(ds))
     else:
@@ -347,32 +357,66 @@ def arm_records(arm: str, result: dict[str, Any], pretrain: dict[str, Any] | Non
                 pretrain_seed: int | None = None) -> list[dict[str, Any]]:
     """The protocol's records relabelled ``<arm> <evaluation>`` with each run's wall seconds and the arm's
     pretraining seed (None for scratch) attached."""
-    walls = {(r["method"], r.get("fraction"), r.get("count"), r["seed"]): r.get("wall_s") for r in result["runs"]}
+    walls = {(r["method"], *_budget(r), r["seed"]): r.get("wall_s") for r in result["runs"]}
     out = []
     for r in result["records"]:
         evaluation = r["method"]
         label = "scratch" if arm == "scratch" else f"{arm} {evaluation}"
         out.append({**r, "arm": arm, "evaluation": evaluation, "method": label,
-                    "wall_s": walls.get((evaluation, r.get("fraction"), r.get("count"), r["seed"])),
+                    "wall_s": walls.get((evaluation, *_budget(r), r["seed"])),
                     "pretrain_wall_s": None if pretrain is None else pretrain["wall_s"],
                     "pretrain_seed": None if arm == "scratch" else pretrain_seed})
     return out
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
+def _budget(r: dict[str, Any]) -> tuple[float | None, int | None, int | None]:
+    """``(fraction, count, per_class)`` of a record, run or summary row (``per_class`` None where absent: records
+    written before per-class budgets)."""
+    return r.get("fraction"), r.get("count"), r.get("per_class")
+
+
+def _per_class_label(k: int) -> str:
+    """``"5/class"``: the label of a per-class budget (:func:`~medssl.eval.label_efficiency.budget_label` labels
+    fractions and counts)."""
+    return f"{k}/class"
+
+
+def _summary(records: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """:func:`~medssl.eval.label_efficiency.summarise` of ``metric``, one per-class budget at a time, so rows of
+    different per-class budgets (same fraction and count: None) are never pooled; each row carries its
+    ``per_class``."""
+    from medssl.eval.label_efficiency import summarise
+
+    mine = [r for r in records if r["metric"] == metric]
+    return [{**row, "per_class": k} for k in dict.fromkeys(r.get("per_class") for r in mine)
+            for row in summarise([r for r in mine if r.get("per_class") == k])]
+
+
+def seed_warning(per_class: list[int], seeds: list[int]) -> str | None:
+    """The warning for per-class budgets of at most ``FEW_PER_CLASS`` images run with fewer than
+    ``MIN_SEEDS_FEW`` seeds (None when there is nothing to warn about)."""
+    few = sorted(k for k in per_class if k <= FEW_PER_CLASS)
+    if not few or len(set(seeds)) >= MIN_SEEDS_FEW:
+        return None
+    return (f"warning: per-class budget(s) {few} (<= {FEW_PER_CLASS} labelled images per class) with "
+            f"{len(set(seeds))} seed(s) {sorted(set(seeds))}: use >= {MIN_SEEDS_FEW} seeds (--seeds); with so few "
+            "labels the subset drawn moves the result a lot")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Mean ± std per arm x evaluation x budget, the ratio to the peer, wall times and the settings."""
-    from medssl.eval.label_efficiency import budget_label, summarise
+    from medssl.eval.label_efficiency import budget_label
 
     ds, metric = report["dataset"], report["metric"]
     unit = "cases" if report["kind"] == "seg" else "items"
-    rows = [r for r in summarise(report["records"]) if r["metric"] == metric]  # mean ± sample std over seeds
+    rows = _summary(report["records"], metric)  # mean ± sample std over seeds
     runs: dict[tuple, list[dict[str, Any]]] = {}  # the records behind each row: arm, wall seconds
     for r in report["records"]:
         if r["metric"] == metric:
-            runs.setdefault((r["fraction"], r["count"], r["method"]), []).append(r)
-    peer_mean = {(r["fraction"], r["count"]): r["mean"] for r in rows if r["method"] == f"{PEER} finetune"}
-    scratch_mean = {(r["fraction"], r["count"]): r["mean"] for r in rows if r["method"] == "scratch"}
+            runs.setdefault((*_budget(r), r["method"]), []).append(r)
+    peer_mean = {_budget(r): r["mean"] for r in rows if r["method"] == f"{PEER} finetune"}
+    scratch_mean = {_budget(r): r["mean"] for r in rows if r["method"] == "scratch"}
     m, st = report["machine"], report["settings"]
     machine_line = (f"Machine: {m['cpu']} ({m.get('cores_usable', m['cores'])} cores usable), torch "
                     f"{m['versions'].get('torch')}, lightly {m['versions'].get('lightly')}, {m['date']}; load average "
@@ -390,20 +434,23 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     order = {a: i for i, a in enumerate(st["arms"])}
-    rows.sort(key=lambda r: (r["fraction"] is None, r["fraction"] or 0, r["count"] or 0,
-                             order.get(runs[(r["fraction"], r["count"], r["method"])][0]["arm"], 99), r["method"]))
+    # fractions, then counts, then per-class budgets, each ascending; arms in --arms order within a budget
+    rows.sort(key=lambda r: (r["per_class"] is not None, r["fraction"] is None, r["fraction"] or 0, r["count"] or 0,
+                             r["per_class"] or 0, order.get(runs[(*_budget(r), r["method"])][0]["arm"], 99),
+                             r["method"]))
     for row in rows:
-        fraction, count, mean, std = row["fraction"], row["count"], row["mean"], row["std"]
-        rs = runs[(fraction, count, row["method"])]
+        (fraction, count, per_class), mean, std = _budget(row), row["mean"], row["std"]
+        rs = runs[(fraction, count, per_class, row["method"])]
         ratio, ratio_scratch = (f"{mean / ref:.3f}" if ref and math.isfinite(ref) and math.isfinite(mean) else "–"
-                                for ref in (peer_mean.get((fraction, count)), scratch_mean.get((fraction, count))))
+                                for ref in (peer_mean.get(_budget(row)), scratch_mean.get(_budget(row))))
         walls = [r["wall_s"] for r in rs if r.get("wall_s") is not None]
         pre_walls = {r.get("pretrain_seed"): r["pretrain_wall_s"] for r in rs if r.get("pretrain_wall_s") is not None}
         pre = sum(pre_walls.values()) / len(pre_walls) if pre_walls else None  # mean over pretraining seeds
         value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
         pre_wall = "–" if pre is None else f"{pre:.0f}"
-        lines.append(f"| {row['method']} | {budget_label(fraction, count, unit)} | {row['n_labelled']:g} | "
+        labels = budget_label(fraction, count, unit) if per_class is None else _per_class_label(per_class)
+        lines.append(f"| {row['method']} | {labels} | {row['n_labelled']:g} | "
                      f"{row['n_seeds']} | {value} | {ratio} | {ratio_scratch} | {wall} | {pre_wall} |")
     lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
     for arm, p in report["pretraining"].items():
@@ -444,7 +491,16 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
         print(f"note: {PEER} is skipped for {ds.name} (classification datasets only)", flush=True)
         arms.remove(PEER)
     seeds = [0] if args.quick else args.seeds
-    fractions = list(args.fractions or ds.fractions)[:1 if args.quick else None]
+    if args.fractions is None and args.per_class is None:
+        fractions, per_class = list(ds.fractions), list(ds.per_class)
+    else:  # classification budgets given on the command line replace the dataset's
+        fractions, per_class = list(args.fractions or []), list(args.per_class or [])
+    fractions, per_class = fractions[:1 if args.quick else None], per_class[:1 if args.quick else None]
+    if ds.kind == "seg" and per_class:
+        print(f"note: --per-class is skipped for {ds.name} (classification datasets only)", flush=True)
+        per_class = []
+    if not args.quick and (warning := seed_warning(per_class, seeds)):
+        print(warning, file=sys.stderr, flush=True)
     counts = list(args.counts or ds.counts)[:1 if args.quick else None]
     epochs = 1 if args.quick else args.epochs
     info = machine()
@@ -455,6 +511,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
         "settings": {"arms": arms, "epochs": epochs, "batch_size": 8 if args.quick else ds.batch_size,
                      "seeds": seeds, "pretrain_seeds": list(args.pretrain_seeds),
                      "fractions": fractions if ds.kind == "cls" else None,
+                     "per_class": per_class if ds.kind == "cls" else None,
                      "counts": counts if ds.kind == "seg" else None, "quick": args.quick,
                      "threads": torch.get_num_threads(), "finetune_overrides": args.finetune_override,
                      "protocol_overrides": args.protocol_override,
@@ -484,7 +541,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
                 label = arm + (f"_ps{pseed}" if pseed else "")
                 if ds.kind == "cls":
                     result = evaluate_cls(arm, ds, data_path, cards.get((arm, pseed)), seeds, fractions, eval_root,
-                                          args.quick, extra, args.reuse, label)
+                                          args.quick, extra, args.reuse, label, per_class)
                 else:
                     if not cards:
                         raise SystemExit("hippocampus needs at least one pretrained arm (its card gives scratch "
@@ -537,7 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-seeds", nargs="+", type=int, default=[0],
                         help="pretraining seeds of every pretrained arm; each is evaluated with every --seeds "
                              "fine-tuning seed and the table pools them (scratch has no pretraining seed)")
-    parser.add_argument("--fractions", nargs="+", type=float, default=None, help="default: the dataset's")
+    parser.add_argument("--fractions", nargs="+", type=float, default=None,
+                        help="default: the dataset's (none when only --per-class is given)")
+    parser.add_argument("--per-class", nargs="+", type=int, default=None, dest="per_class", metavar="K",
+                        help="K labelled images of every class, for every arm (classification); with --fractions "
+                             "or alone, replaces the dataset's budgets; <= 10 per class: give >= 5 --seeds")
     parser.add_argument("--counts", nargs="+", type=int, default=None, help="labelled cases (segmentation)")
     parser.add_argument("--protocol-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="protocol fields for every arm, scratch included, e.g. augment=true")

@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     p.add_argument("--fractions", type=float, nargs="+", help="override the label fractions")
     p.add_argument("--counts", type=int, nargs="+", help="override the label counts")
+    p.add_argument("--per-class", type=int, nargs="+", dest="per_class", metavar="K",
+                   help="override the per-class budgets: K labelled images of every class (classification)")
     p.add_argument("--methods", nargs="+", help="override the methods (linear_probe knn finetune scratch)")
     p.add_argument("--epochs", type=int, help="override the fine-tuning epochs")
     p.add_argument("--max-eval", type=int, dest="max_eval", help="cap validation and test items (stratified)")
@@ -218,22 +220,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     from medssl.finetune.protocol import ProtocolConfig, ProtocolConfigError, run_protocol
 
-    overrides = {k: getattr(args, k) for k in ("encoder", "path", "seeds", "fractions", "counts", "methods", "epochs",
-                                               "max_eval")}
+    budgets = ("fractions", "counts", "per_class")
+    overrides = {k: getattr(args, k) for k in ("encoder", "path", "seeds", *budgets, "methods", "epochs", "max_eval")}
     if args.no_plot:
         overrides["plot"] = False
-    if args.fractions is not None and args.counts is None:
-        overrides["counts"] = []  # budgets given on the command line replace those of the file
-    if args.counts is not None and args.fractions is None:
-        overrides["fractions"] = []
+    if any(overrides[k] is not None for k in budgets):  # budgets given on the command line replace those of the file
+        overrides.update({k: [] for k in budgets if overrides[k] is None})
     try:
         if _protocol_task(args.protocol) == "segmentation":
             from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
 
             seg_overrides = {k: v for k, v in overrides.items() if k in ("encoder", "seeds", "counts", "methods",
                                                                              "epochs", "plot")}
-            if args.path or args.fractions or args.max_eval:
-                raise ProtocolConfigError("--path/--fractions/--max-eval", "apply to classification protocols only")
+            if args.path or args.fractions or args.per_class or args.max_eval:
+                raise ProtocolConfigError("--path/--fractions/--per-class/--max-eval",
+                                          "apply to classification protocols only")
             cfg = SegProtocolConfig.from_yaml(args.protocol, **seg_overrides)
             run, stem = run_seg_protocol, cfg.name
         else:

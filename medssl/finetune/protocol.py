@@ -1,7 +1,8 @@
 """Few-label classification protocol: how much does a pretrained encoder help when only a few items are labelled?
 
-For every label budget (``fractions`` and/or ``counts`` of the train split) and every seed, :func:`run_protocol`
-draws a recorded, stratified subset (:mod:`medssl.finetune.subsets`), then runs each method on it:
+For every label budget (``fractions`` and/or ``counts`` of the train split, and/or ``per_class``: k labelled items
+of every class) and every seed, :func:`run_protocol` draws a recorded, stratified subset
+(:mod:`medssl.finetune.subsets`), then runs each method on it:
 
 * ``linear_probe``: logistic regression on frozen features of the pretrained encoder;
 * ``knn``: weighted cosine kNN on the same features (features of the whole train and test splits are extracted
@@ -11,10 +12,12 @@ draws a recorded, stratified subset (:mod:`medssl.finetune.subsets`), then runs 
 
 Every method is scored on the **test** split (records say so): one record per method x budget x seed x metric
 (``auroc``, ``accuracy``, ``balanced_accuracy``; ``encoder_sha256`` is null for ``scratch``, which uses no
-pretrained weights). The validation split is used only by ``finetune``/``scratch``
-for checkpoint selection and early stopping, in full (``max_eval`` caps it and the test split to a fixed
-stratified subset, also recorded): a fully labelled validation split is optimistic in a few-label setting, which
-is the usual convention of these benchmarks and applies to both trained methods alike.
+pretrained weights). The budget is in ``fraction``, ``count`` and ``per_class``, exactly one of them not null;
+``n_labelled`` is the number of items actually labelled (below ``per_class`` x classes when a class is smaller).
+The validation split is used only by ``finetune``/``scratch`` for checkpoint selection and early stopping, in
+full (``max_eval`` caps it and the test split to a fixed stratified subset, also recorded): a fully labelled
+validation split is optimistic in a few-label setting, which is the usual convention of these benchmarks and
+applies to both trained methods alike.
 
 Outputs in ``out_dir`` (written atomically; the JSON also after each budget x seed, marked ``"complete": false``
 until the end, so an interrupted run keeps what it finished):
@@ -61,11 +64,13 @@ class ProtocolConfig:
 
     ``path`` is any MedMNIST-format ``.npz``; ``encoder`` an exported encoder card (required by ``linear_probe``,
     ``knn`` and ``finetune``); ``architecture`` (``{"name", "kwargs"}``) is needed only for ``scratch`` without an
-    encoder. ``lr`` is the fine-tuning LR (``scratch_lr`` for scratch, default the same); ``patience`` counts
-    validations without a better validation AUROC (null: no early stopping); ``min_steps`` stretches the epochs
-    of small subsets (:func:`~medssl.finetune.classification.fit_classifier`); ``max_eval`` caps validation and
-    test. ``augment``: ``finetune`` and ``scratch`` train on the labelled items perturbed anew every epoch by
-    :func:`~medssl.transforms.finetune_augment.finetune_augment` (small affine + intensity; no flips).
+    encoder. Budgets: ``fractions`` and ``counts`` of the train split, ``per_class`` (k labelled items of every
+    class, a smaller class whole; ``stratified`` and ``min_per_class`` apply to fractions and counts only); at least
+    one budget of any kind. ``lr`` is the fine-tuning LR (``scratch_lr`` for scratch, default the same);
+    ``patience`` counts validations without a better validation AUROC (null: no early stopping); ``min_steps``
+    stretches the epochs of small subsets (:func:`~medssl.finetune.classification.fit_classifier`); ``max_eval``
+    caps validation and test. ``augment``: ``finetune`` and ``scratch`` train on the labelled items perturbed anew
+    every epoch by :func:`~medssl.transforms.finetune_augment.finetune_augment` (small affine + intensity; no flips).
     ``ema_decay`` > 0: ``finetune`` and ``scratch`` validate, select and test an exponential moving average of
     their weights (:func:`~medssl.finetune.trainer.fit_best`); 0 = off. ``select``: ``best`` (the checkpoint of
     the best validation AUROC) or ``last`` (the final weights; the validation split is not used to pick an epoch,
@@ -85,6 +90,7 @@ class ProtocolConfig:
     spatial_dims: int | None = None
     fractions: list[float] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    per_class: list[int] = field(default_factory=list)  # k labelled items of every class (stratified by nature)
     seeds: list[int] = field(default_factory=lambda: [0])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     stratified: bool = True
@@ -158,13 +164,16 @@ class ProtocolConfig:
             self.fractions = [float(v) if isinstance(v, str) and _is_float(v) else v for v in self.fractions]
         number_list("fractions", float)
         number_list("counts", int)
+        number_list("per_class", int)
         number_list("seeds", int)
-        if not self.fractions and not self.counts:
-            raise bad("fractions", "give at least one label fraction (or 'counts')")
+        if not self.fractions and not self.counts and not self.per_class:
+            raise bad("fractions", "give at least one label budget: a fraction, or 'counts' or 'per_class'")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise bad("fractions", "every fraction must lie in (0, 1]")
         if any(c < 1 for c in self.counts):
             raise bad("counts", "every count must be >= 1")
+        if any(k < 1 for k in self.per_class) or len(set(self.per_class)) != len(self.per_class):
+            raise bad("per_class", "every per-class budget must be an integer >= 1, without repeats")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise bad("seeds", "need at least one seed >= 0, without repeats")
         if (not isinstance(self.methods, (list, tuple)) or not self.methods
@@ -217,9 +226,17 @@ class ProtocolConfig:
             raise bad("select", f"must be one of {list(SELECTS)}")
         return self
 
-    def budgets(self) -> list[tuple[float | None, int | None]]:
-        """``(fraction, None)`` for each fraction then ``(None, count)`` for each count, ascending."""
-        return [(f, None) for f in sorted(self.fractions)] + [(None, c) for c in sorted(self.counts)]
+    def budgets(self) -> list[tuple[float | None, int | None, int | None]]:
+        """``(fraction, count, per_class)`` with one of them set: the fractions, then the counts, then the
+        per-class budgets, each ascending."""
+        return ([(f, None, None) for f in sorted(self.fractions)] + [(None, c, None) for c in sorted(self.counts)]
+                + [(None, None, k) for k in sorted(self.per_class)])
+
+
+def _per_class_label(k: int) -> str:
+    """``"5/class"``: the label of a per-class budget (the counterpart of
+    :func:`~medssl.eval.label_efficiency.budget_label` for fractions and counts)."""
+    return f"{k}/class"
 
 
 def _is_float(text: str) -> bool:
@@ -296,22 +313,26 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, progress: bool = T
     budgets = cfg.budgets()
     bar = tqdm(total=len(budgets) * len(cfg.seeds) * len(cfg.methods), desc=f"label efficiency {cfg.name}",
                unit="run", disable=not progress)
-    for fraction, count in budgets:
+    for fraction, count, per_class in budgets:
+        label = budget_label(fraction, count) if per_class is None else _per_class_label(per_class)
         for seed in cfg.seeds:
-            subset = SubsetRecord.draw(train_y, fraction=fraction, count=count, seed=seed,
-                                       stratified=cfg.stratified, min_per_class=cfg.min_per_class)
+            # stratified / min_per_class are the policy of fraction and count budgets; per_class is its own
+            policy = {"stratified": cfg.stratified, "min_per_class": cfg.min_per_class} if per_class is None else {}
+            subset = SubsetRecord.draw(train_y, fraction=fraction, count=count, per_class=per_class, seed=seed,
+                                       **policy)
             result["subsets"].append(subset.to_dict())
             idx = np.asarray(subset.indices)
             for method in cfg.methods:
-                bar.set_postfix_str(f"{budget_label(fraction, count)} seed {seed} {method}")
+                bar.set_postfix_str(f"{label} seed {seed} {method}")
                 run = _run_method(method, cfg, subset, idx, train, val, test, train_y, features, num_classes,
                                   architecture, out_dir)
-                run.update(method=method, fraction=fraction, count=count, seed=seed, n_labelled=subset.n_labelled)
+                run.update(method=method, fraction=fraction, count=count, per_class=per_class, seed=seed,
+                           n_labelled=subset.n_labelled)
                 result["runs"].append(run)
                 for metric in METRICS:
                     result["records"].append({
                         "dataset": cfg.name, "method": method, "fraction": fraction, "count": count,
-                        "n_labelled": subset.n_labelled, "seed": seed, "metric": metric,
+                        "per_class": per_class, "n_labelled": subset.n_labelled, "seed": seed, "metric": metric,
                         "value": run["metrics"][metric], "split": "test",
                         "encoder_sha256": sha if method != "scratch" else None,
                     })
@@ -341,7 +362,8 @@ def _run_method(method: str, cfg: ProtocolConfig, subset: SubsetRecord, idx: np.
                                          num_classes=num_classes)
         return {"metrics": classification_metrics(features["test_y"], probs), "split": "test",
                 "wall_s": round(time.perf_counter() - t0, 2)}
-    size = f"f{subset.fraction:g}" if subset.fraction is not None else f"n{subset.count}"
+    size = (f"f{subset.fraction:g}" if subset.fraction is not None else f"n{subset.count}" if subset.per_class is None
+            else f"k{subset.per_class}")
     run_dir = out_dir / "runs" / f"{method}_{size}_seed{subset.seed}" if cfg.keep_checkpoints else None
     labelled = labelled_set(train, idx, augment=cfg.augment, seed=subset.seed)
     out = fit_classifier(cfg.encoder if method == "finetune" else None, architecture, labelled, val, test,

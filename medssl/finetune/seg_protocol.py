@@ -227,8 +227,8 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
                 for metric, value in values.items():
                     result["records"].append({
                         "dataset": cfg.name, "method": method, "fraction": None, "count": count,
-                        "n_labelled": count, "seed": seed, "metric": metric, "value": value, "split": "test",
-                        "encoder_sha256": run["encoder_sha256"]})
+                        "per_class": None, "n_labelled": count, "seed": seed, "metric": metric, "value": value,
+                        "split": "test", "encoder_sha256": run["encoder_sha256"]})
                 bar.update()
             atomic_write_json(json_path, result)
     bar.close()

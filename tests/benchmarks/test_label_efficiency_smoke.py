@@ -57,6 +57,80 @@ def test_markdown_ratio_to_peer_and_mean_std():
     assert order == ["scratch", "lightly_simclr finetune", "simclr finetune"]
 
 
+def test_markdown_keeps_per_class_budgets_apart_with_their_label():
+    """Per-class budgets (fraction and count None) are rows of their own, after the fractions, labelled k/class,
+    each compared with the peer at the same k."""
+    bench = load_bench()
+
+    def rec(method, arm, seed, value, per_class=None, n=47):
+        return {**_record(method, arm, method.split()[-1], seed, value, None if per_class else 0.01),
+                "per_class": per_class, "n_labelled": n}
+
+    records = []
+    for k, base in ((1, 0.6), (5, 0.7)):
+        records += [rec("lightly_simclr finetune", "lightly_simclr", s, base, k, 2 * k) for s in range(5)]
+        records += [rec("simclr finetune", "simclr", s, base + 0.01 * s, k, 2 * k) for s in range(5)]
+    records += [rec("simclr finetune", "simclr", 0, 0.9), rec("lightly_simclr finetune", "lightly_simclr", 0, 0.9)]
+    report = {"dataset": "toy", "kind": "cls", "metric": "auroc", "records": records,
+              "machine": {"cpu": "x", "cores": 2, "versions": {}, "date": "d", "loadavg_start": [0, 0, 0]},
+              "settings": {"epochs": 5, "batch_size": 128, "seeds": [0, 1, 2, 3, 4],
+                           "arms": ["lightly_simclr", "simclr"]},
+              "pretraining": {}, "command": "label_efficiency.py --per-class 1 5"}
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in bench.markdown(report).splitlines()
+            if line.startswith("| ") and "finetune" in line]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("lightly_simclr finetune", "1%", "47", "1"), ("simclr finetune", "1%", "47", "1"),
+        ("lightly_simclr finetune", "1/class", "2", "5"), ("simclr finetune", "1/class", "2", "5"),
+        ("lightly_simclr finetune", "5/class", "10", "5"), ("simclr finetune", "5/class", "10", "5")]
+    assert [r[4] for r in rows if r[0] == "simclr finetune"] == ["0.900", "0.620 ± 0.016", "0.720 ± 0.016"]
+    assert [float(r[5]) for r in rows if r[0] == "simclr finetune"] == pytest.approx([1.0, 0.62 / 0.6, 0.72 / 0.7],
+                                                                                       abs=1e-3)
+
+
+def test_seed_warning_for_few_labels_per_class():
+    bench = load_bench()
+    assert "use >= 5 seeds" in bench.seed_warning([1, 20], [0, 1, 2]) and "[1]" in bench.seed_warning([1], [0])
+    assert bench.seed_warning([1, 5, 10], [0, 1, 2, 3, 4]) is None
+    assert bench.seed_warning([11, 50], [0]) is None and bench.seed_warning([], [0]) is None
+
+
+def test_per_class_reaches_every_arm_and_replaces_the_default_fractions(tmp_path, monkeypatch, capsys):
+    """--per-class goes to the classification protocol of every arm, the peer included; given alone it replaces the
+    dataset's fractions; fewer than 5 seeds at <= 10 per class: a warning on stderr. Pretraining and protocol are
+    stand-ins here (the real protocol's per-class records are tested in tests/finetune/test_protocol.py)."""
+    bench = load_bench()
+    (tmp_path / "data" / "medmnist").mkdir(parents=True)
+    (tmp_path / "data" / "medmnist" / "pneumoniamnist.npz").write_bytes(b"")
+    monkeypatch.setenv("MEDSSL_SHARED_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(bench, "pretrain_arm", lambda arm, *a, **k: {
+        "card": f"{arm}.json", "epochs": 1, "steps": 1, "wall_s": 1.0})
+    calls = {}
+
+    def fake_evaluate(arm, ds, data_path, card, seeds, fractions, work, quick, extra, reuse, label, per_class=()):
+        calls[arm] = (list(fractions), list(per_class), list(seeds))
+        method = "scratch" if arm == "scratch" else "finetune"
+        runs = [{"method": method, "fraction": None, "count": None, "per_class": k, "seed": s, "wall_s": 1.0}
+                for k in per_class for s in seeds]
+        records = [{"method": method, "fraction": None, "count": None, "per_class": k, "n_labelled": 2 * k,
+                    "seed": s, "metric": "auroc", "value": 0.5 + 0.01 * k, "split": "test"}
+                   for k in per_class for s in seeds]
+        return {"data": {"n_train": 100}, "runs": runs, "records": records}
+
+    monkeypatch.setattr(bench, "evaluate_cls", fake_evaluate)
+    assert bench.main(["--arms", "scratch", "lightly_simclr", "simclr", "--per-class", "1", "5", "--seeds", "0", "1",
+                       "--out", str(tmp_path / "res"), "--workdir", str(tmp_path / "work")]) == 0
+    assert calls == {arm: ([], [1, 5], [0, 1]) for arm in ("scratch", "lightly_simclr", "simclr")}
+    assert "use >= 5 seeds" in capsys.readouterr().err
+    report = json.loads((tmp_path / "res" / "label_efficiency_pneumoniamnist.json").read_text())
+    assert report["settings"]["per_class"] == [1, 5] and report["settings"]["fractions"] == []
+    assert {(r["per_class"], r["wall_s"]) for r in report["records"]} == {(1, 1.0), (5, 1.0)}
+    text = (tmp_path / "res" / "label_efficiency_pneumoniamnist.md").read_text()
+    assert "| simclr finetune | 5/class | 10 | 2 |" in text and "| lightly_simclr finetune | 1/class | 2 | 2 |" in text
+    assert bench.main(["--arms", "scratch", "--seeds", "0", "--out", str(tmp_path / "res"),
+                       "--workdir", str(tmp_path / "work")]) == 0
+    assert calls["scratch"] == ([0.01, 0.1], [], [0]) and capsys.readouterr().err == ""  # the dataset's defaults
+
+
 def test_finished_evaluation_reuse_tolerates_fields_added_at_their_default(tmp_path):
     from dataclasses import asdict
 

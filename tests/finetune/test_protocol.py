@@ -22,9 +22,10 @@ def test_protocol_end_to_end(fake_npz, tiny_card, tmp_path, one_thread):
                          epochs=2, batch_size=16, patience=None, knn_k=5)
     records = run_protocol(cfg, tmp_path, progress=False)
     assert len(records) == 2 * 2 * len(METHODS) * len(METRICS)
-    keys = {"dataset", "method", "fraction", "count", "n_labelled", "seed", "metric", "value", "split",
+    keys = {"dataset", "method", "fraction", "count", "per_class", "n_labelled", "seed", "metric", "value", "split",
             "encoder_sha256"}
-    assert all(set(r) == keys and r["split"] == "test" and r["dataset"] == "fakemnist" for r in records)
+    assert all(set(r) == keys and r["split"] == "test" and r["dataset"] == "fakemnist" and r["per_class"] is None
+               for r in records)
     combos = {(r["method"], r["fraction"], r["seed"], r["metric"]) for r in records}
     assert len(combos) == len(records)  # exactly one record per method x fraction x seed x metric
     assert {r["n_labelled"] for r in records} == {15, 60}
@@ -81,6 +82,12 @@ def test_config_from_yaml_and_field_errors(tmp_path):
     check({"ema_decay": 1.0}, "ema_decay")
     check({"select": "median"}, "select")
     check({"encoder_lr_scale": 2}, "encoder_lr_scale")
+    check({"fractions": [], "per_class": [0]}, "per_class")
+    check({"per_class": [5, 1, 5]}, "per_class")
+    check({"per_class": [1.5]}, "per_class")
+    check({"fractions": [], "counts": [], "per_class": []}, "fractions")
+    only = ProtocolConfig.from_dict({"path": "x.npz", "encoder": "e", "per_class": [10, 1, 5], "counts": [20]})
+    assert only.budgets() == [(None, 20, None), (None, None, 1), (None, None, 5), (None, None, 10)]
     assert ProtocolConfig.from_dict({"path": "x.npz", "encoder": "e", "fractions": [0.1], "lr": "1e-3"}).lr == 1e-3
 
 
@@ -99,6 +106,39 @@ def test_cli_evaluate_smoke(fake_npz, tiny_card, tmp_path, capsys, one_thread):
     # a config error is a usage error (exit 2) naming the file and field
     assert main(["evaluate", "--protocol", str(TINY), "--path", str(fake_npz), "--out", str(out)]) == 2
     assert "pneumoniamnist_tiny.yaml: field 'encoder'" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_per_class_budgets_record_k_and_the_realised_count(fake_npz, tiny_card, tmp_path, one_thread):
+    """per_class: k labelled items of every class, beside a fraction; 60 train items, 36 of class 0 and 24 of class
+    1, so k=30 takes class 1 whole (54 labelled); every record has the same keys, one budget field set."""
+    import numpy as np
+
+    cfg = ProtocolConfig(path=str(fake_npz), encoder=str(tiny_card), fractions=[0.25], per_class=[30, 2], seeds=[0, 1],
+                         methods=["knn"], knn_k=3, plot=False)
+    records = run_protocol(cfg, tmp_path, progress=False)
+    keys = {"dataset", "method", "fraction", "count", "per_class", "n_labelled", "seed", "metric", "value", "split",
+            "encoder_sha256"}
+    assert all(set(r) == keys for r in records) and len(records) == 3 * 2 * len(METRICS)
+    budgets = {(r["fraction"], r["count"], r["per_class"], r["n_labelled"]) for r in records}
+    assert budgets == {(0.25, None, None, 15), (None, None, 2, 4), (None, None, 30, 54)}
+    result = json.loads((tmp_path / "label_efficiency_fakemnist.json").read_text())
+    assert result["config"]["per_class"] == [30, 2]
+    assert {(r["per_class"], r["seed"], r["n_labelled"]) for r in result["runs"] if r["per_class"]} == {
+        (2, 0, 4), (2, 1, 4), (30, 0, 54), (30, 1, 54)}
+    train_y = np.load(fake_npz)["train_labels"]
+    for sub in (s for s in result["subsets"] if s["per_class"] is not None):  # reproducible from the record
+        assert sub["indices"] == label_subset(train_y, per_class=sub["per_class"], seed=sub["seed"]).tolist()
+        assert sub["class_counts"] == ({"0": 2, "1": 2} if sub["per_class"] == 2 else {"0": 30, "1": 24})
+
+
+def test_cli_per_class_replaces_the_budgets_of_the_file(fake_npz, tiny_card, tmp_path, one_thread):
+    out = tmp_path / "out"
+    assert main(["evaluate", "--protocol", str(TINY), "--path", str(fake_npz), "--encoder", str(tiny_card), "--out",
+                 str(out), "--per-class", "3", "--seeds", "0", "--methods", "knn", "--quiet", "--no-plot"]) == 0
+    result = json.loads((out / "label_efficiency_fakemnist.json").read_text())
+    assert (result["config"]["fractions"], result["config"]["counts"], result["config"]["per_class"]) == ([], [], [3])
+    assert {(r["fraction"], r["count"], r["per_class"], r["n_labelled"]) for r in result["records"]} == {
+        (None, None, 3, 6)}
 
 
 def test_pipeline_script(fake_npz, tiny_card, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ def test_protocol_records_split_and_reports(setup, tmp_path, one_thread):
     records = run_seg_protocol(SegProtocolConfig(**cfg).validate(), tmp_path, progress=False)
     assert len(records) == 2 * 3 * 3  # counts x methods x (dice, hd95, dice_box)
     assert {r["metric"] for r in records} == {"dice", "hd95", "dice_box"}
-    assert all(r["split"] == "test" for r in records)
+    assert all(r["split"] == "test" and r["per_class"] is None for r in records)  # the keys of every protocol
     assert all((r["encoder_sha256"] is None) == (r["method"] == "scratch") for r in records)
     out = json.loads((tmp_path / "label_efficiency_cubes.json").read_text())
     split = json.loads((root / "split.json").read_text())
@@ -80,6 +80,7 @@ def test_cli_dispatches_segmentation_protocols(setup, tmp_path, one_thread):
     out = json.loads((tmp_path / "out" / "label_efficiency_cubes.json").read_text())
     assert {r["method"] for r in out["records"]} == {"scratch"} and out["config"]["epochs"] == 1
     assert main(["evaluate", "--protocol", str(yml), "--max-eval", "5", "--out", str(tmp_path / "x")]) == 2
+    assert main(["evaluate", "--protocol", str(yml), "--per-class", "2", "--out", str(tmp_path / "x")]) == 2
     assert Path(REPO_CONFIG).is_file()
 
 

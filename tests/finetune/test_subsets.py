@@ -84,3 +84,37 @@ def test_record_is_json_round_trippable():
     assert rec.indices == label_subset(LABELS, fraction=0.05, seed=2).tolist()
     back = SubsetRecord.from_dict(json.loads(json.dumps(rec.to_dict())))
     assert back == rec and back.size_key == ("fraction", 0.05)
+
+
+def test_per_class_takes_exactly_k_of_every_class_nested_across_k():
+    draws = {k: label_subset(LABELS, per_class=k, seed=4) for k in (1, 5, 10, 60)}
+    for k, idx in draws.items():
+        assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)
+        # class 2 has 50 items: taken whole at k=60
+        assert np.bincount(LABELS[idx], minlength=3).tolist() == [k, k, min(k, 50)]
+    assert set(draws[1]) < set(draws[5]) < set(draws[10]) < set(draws[60])
+    assert np.array_equal(draws[5], label_subset(LABELS, per_class=5, seed=4))  # seeded, not global state
+    assert not np.array_equal(draws[5], label_subset(LABELS, per_class=5, seed=5))
+    # the same per-class permutation as fraction / count draws: 0.2 gives 140 / 50 / 10 items, each >= 10
+    assert set(draws[10]) <= set(label_subset(LABELS, fraction=0.2, seed=4))
+    assert len(label_subset(LABELS, per_class=1000, seed=0)) == 1000  # every class whole: the split
+
+
+def test_per_class_record_shows_a_small_class_taken_whole_and_old_records_load():
+    rec = SubsetRecord.draw(LABELS, per_class=60, seed=1)
+    assert (rec.per_class, rec.fraction, rec.count, rec.n_labelled) == (60, None, None, 170)
+    assert rec.class_counts == {"0": 60, "1": 60, "2": 50} and rec.size_key == ("per_class", 60.0)
+    assert (rec.stratified, rec.min_per_class) == (True, 60)  # the policy the draw applied
+    assert SubsetRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    old = {k: v for k, v in SubsetRecord.draw(LABELS, count=30, seed=1).to_dict().items() if k != "per_class"}
+    assert SubsetRecord.from_dict(old).per_class is None  # written before per_class existed
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"per_class": 0}, "per_class"), ({"per_class": 2.5}, "per_class"), ({"per_class": True}, "per_class"),
+    ({"per_class": 5, "fraction": 0.1}, "exactly one"), ({"per_class": 5, "count": 10}, "exactly one"),
+    ({"per_class": 5, "stratified": False}, "stratified"),
+])
+def test_per_class_invalid_requests(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        label_subset(LABELS, seed=0, **kwargs)
