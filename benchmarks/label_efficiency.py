@@ -376,21 +376,11 @@ def _budget(r: dict[str, Any]) -> tuple[float | None, int | None, int | None]:
     return r.get("fraction"), r.get("count"), r.get("per_class")
 
 
-def _per_class_label(k: int) -> str:
-    """``"5/class"``: the label of a per-class budget (:func:`~medssl.eval.label_efficiency.budget_label` labels
-    fractions and counts)."""
-    return f"{k}/class"
-
-
 def _summary(records: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """:func:`~medssl.eval.label_efficiency.summarise` of ``metric``, one per-class budget at a time, so rows of
-    different per-class budgets (same fraction and count: None) are never pooled; each row carries its
-    ``per_class``."""
+    """:func:`~medssl.eval.label_efficiency.summarise` of ``metric`` (rows carry ``per_class``)."""
     from medssl.eval.label_efficiency import summarise
 
-    mine = [r for r in records if r["metric"] == metric]
-    return [{**row, "per_class": k} for k in dict.fromkeys(r.get("per_class") for r in mine)
-            for row in summarise([r for r in mine if r.get("per_class") == k])]
+    return summarise([r for r in records if r["metric"] == metric])
 
 
 def seed_warning(per_class: list[int], seeds: list[int]) -> str | None:
@@ -406,7 +396,7 @@ def seed_warning(per_class: list[int], seeds: list[int]) -> str | None:
 
 def markdown(report: dict[str, Any]) -> str:
     """Mean ± std per arm x evaluation x budget, the ratio to the peer, wall times and the settings."""
-    from medssl.eval.label_efficiency import budget_label
+    from medssl.eval.label_efficiency import budget_label, paired_table
 
     ds, metric = report["dataset"], report["metric"]
     unit = "cases" if report["kind"] == "seg" else "items"
@@ -449,9 +439,13 @@ def markdown(report: dict[str, Any]) -> str:
         value = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
         wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
         pre_wall = "–" if pre is None else f"{pre:.0f}"
-        labels = budget_label(fraction, count, unit) if per_class is None else _per_class_label(per_class)
+        labels = budget_label(fraction, count, unit, per_class)
         lines.append(f"| {row['method']} | {labels} | {row['n_labelled']:g} | "
                      f"{row['n_seeds']} | {value} | {ratio} | {ratio_scratch} | {wall} | {pre_wall} |")
+    # the claim itself: every arm against scratch on the same label subsets and fine-tuning seeds
+    paired = paired_table(report["records"], [metric], unit=unit)
+    if paired:
+        lines += ["", paired.rstrip()]
     lines += ["", "Pretraining runs:", "", "| arm | epochs | steps | wall s | notes |", "|---|---:|---:|---:|---|"]
     for arm, p in report["pretraining"].items():
         before, after = (p.get(k) for k in ("val_loss_before", "val_loss_after"))

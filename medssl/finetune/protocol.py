@@ -233,12 +233,6 @@ class ProtocolConfig:
                 + [(None, None, k) for k in sorted(self.per_class)])
 
 
-def _per_class_label(k: int) -> str:
-    """``"5/class"``: the label of a per-class budget (the counterpart of
-    :func:`~medssl.eval.label_efficiency.budget_label` for fractions and counts)."""
-    return f"{k}/class"
-
-
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -314,7 +308,7 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, progress: bool = T
     bar = tqdm(total=len(budgets) * len(cfg.seeds) * len(cfg.methods), desc=f"label efficiency {cfg.name}",
                unit="run", disable=not progress)
     for fraction, count, per_class in budgets:
-        label = budget_label(fraction, count) if per_class is None else _per_class_label(per_class)
+        label = budget_label(fraction, count, per_class=per_class)
         for seed in cfg.seeds:
             # stratified / min_per_class are the policy of fraction and count budgets; per_class is its own
             policy = {"stratified": cfg.stratified, "min_per_class": cfg.min_per_class} if per_class is None else {}

@@ -44,10 +44,15 @@ def test_markdown_ratio_to_peer_and_mean_std():
               "pretraining": {"simclr": {"epochs": 5, "steps": 185, "wall_s": 10.0, "val_loss_before": 2.7,
                                          "val_loss_after": 2.1}},
               "command": "label_efficiency.py"}
-    text = bench.markdown(report)
+    text, _, paired = bench.markdown(report).partition("## Paired gain over scratch")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in text.splitlines() if line.startswith("| ") and "finetune" in line or line.startswith("| scratch")}
     assert rows["simclr finetune"][4] == "0.940 ± 0.010"
+    # the paired section: gains over scratch on the same seeds (0.13, 0.13, 0.10), all won
+    gain = next(line for line in paired.splitlines() if line.startswith("| simclr finetune |"))
+    assert "+0.120 [" in gain and "| 3/3 | better |" in gain
+    peer = next(line for line in paired.splitlines() if line.startswith("| lightly_simclr finetune |"))
+    assert "+0.080 [" in peer
     assert float(rows["simclr finetune"][5]) == pytest.approx(0.94 / 0.90, abs=1e-3)
     assert float(rows["scratch"][5]) == pytest.approx(0.82 / 0.90, abs=1e-3)
     assert rows["lightly_simclr finetune"][5] == "1.000"
