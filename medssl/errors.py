@@ -50,6 +50,7 @@ class Reason(str, Enum):
     NONFINITE_LOSS = "nonfinite_loss"
     BAD_CONFIG = "bad_config"  # a config contradicts the data or the model (e.g. image size vs ViT img_size)
     BAD_ENCODER_CARD = "bad_encoder_card"  # an encoder card/weights file that is missing, altered or inconsistent
+    NO_DECODER = "no_decoder"  # whole-network transfer asked of an encoder card that holds no pretrained decoder
     WRITE_FAILED = "write_failed"  # an output (checkpoint, cache entry) could not be written: disk full, quota, I/O
     # index quality and concurrency
     DUPLICATE_FILE = "duplicate_file"  # byte-identical to a file kept earlier (medssl index --dedup)

@@ -163,7 +163,7 @@ def _segmentation(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: Pat
         freeze_encoder_epochs=cfg.epochs if cfg.mode == "frozen" else cfg.freeze_encoder_epochs,
         layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup, pos=cfg.pos, neg=cfg.neg,
         sw_overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size, run_dir=run_dir, accelerator=cfg.accelerator,
-        progress=progress, **seg_options(cfg))
+        progress=progress, transfer=cfg.transfer, **seg_options(cfg))
     out.update(label_names=label_names, case_split=split, labelled_cases=[c.case_id for c in labelled])
     return out
 

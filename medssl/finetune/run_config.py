@@ -31,18 +31,22 @@ MODES = {"classification": ("finetune", "linear"), "segmentation": ("finetune", 
 CLASSIFICATION_ONLY = ("path", "label_fraction", "label_count", "stratified", "min_per_class", "dropout", "augment",
                        "encoder_lr_scale", "ema_decay", "select")
 SEGMENTATION_ONLY = ("root", "images", "labels", "label_names", "split_file", "n_val", "n_test", "split_seed",
-                     "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "roi_size", "pos",
+                     "labelled_count", "cache_dir", "plan", "override_plan", "hu_check", "decoder", "transfer",
+                     "roi_size", "pos",
                      "neg", "sw_overlap", "sw_batch_size", *SEG_OPTION_FIELDS)
 FLOATS = ("label_fraction", "dropout", "encoder_lr_scale", "ema_decay", "pos", "neg", "sw_overlap", "lr",
           "weight_decay", "warmup", "layer_decay")
 BATCH_SIZE = {"classification": 64, "segmentation": 2}
+TRANSFERS = ("encoder", "whole")  # = medssl.finetune.segmentation.TRANSFERS (not imported: keeps this module light)
 
 
 @dataclass
 class FinetuneConfig(SegOptions):
     """One fine-tuning run (see module docstring). ``mode``: classification ``finetune`` | ``linear`` (encoder
-    frozen throughout), segmentation ``finetune`` | ``frozen`` (only the decoder trains). ``batch_size`` None:
-    64 for classification, 2 for segmentation. ``accelerator``: Lightning's (``cpu``, ``gpu``, ``auto`` ...).
+    frozen throughout), segmentation ``finetune`` | ``frozen`` (only the decoder trains); segmentation
+    ``transfer``: ``encoder`` (default: the card's encoder, decoder random) | ``whole`` (also the card's pretrained
+    decoder; only the head starts random; a restoration method pretrained with ``decoder: basicunet``).
+    ``batch_size`` None: 64 for classification, 2 for segmentation. ``accelerator``: Lightning's (``cpu``, ``gpu``, ``auto`` ...).
     The segmentation region / channel / mask / flip options are inherited from
     :class:`~medssl.finetune.seg_options.SegOptions`. Classification training options as in the few-label protocol
     (:class:`~medssl.finetune.protocol.ProtocolConfig`): ``augment``, ``encoder_lr_scale``, ``ema_decay`` and
@@ -79,6 +83,7 @@ class FinetuneConfig(SegOptions):
     override_plan: bool = False
     hu_check: bool = True
     decoder: dict[str, Any] | None = None
+    transfer: str = "encoder"
     roi_size: list[int] | None = None
     pos: float = 1.0
     neg: float = 1.0
@@ -216,6 +221,10 @@ class FinetuneConfig(SegOptions):
         if self.encoder is None and (self.architecture is None or self.plan is None):
             raise bad("architecture", "from scratch (no encoder card; pass --encoder PATH to fine-tune one) "
                       "'architecture' and 'plan' are required")
+        if self.transfer not in TRANSFERS:
+            raise bad("transfer", f"must be one of {list(TRANSFERS)}")
+        if self.transfer == "whole" and self.encoder is None:
+            raise bad("transfer", "'whole' loads a pretrained encoder and decoder: it needs an encoder card")
         if self.plan is not None and not isinstance(self.plan, dict):
             raise bad("plan", "must be a mapping of PreprocessPlan fields")
         self.spatial_dims = 3 if self.spatial_dims is None else self.spatial_dims

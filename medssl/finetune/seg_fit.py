@@ -30,6 +30,7 @@ from medssl.finetune.seg_cases import SegmentationCase, num_channels
 from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
 from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
 from medssl.finetune.trainer import check_budget, fit_best
+from medssl.models.dense_transfer import card_decoder
 from medssl.models.hub import card_channels, check_channels, read_card
 from medssl.training.optim import OptimConfig
 
@@ -106,7 +107,8 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
                   progress: bool = False, regions: dict[str, list[int]] | None = None,
                   region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
                   channel_names: Sequence[str] | None = None, adapt_channels: str | None = None,
-                  use_masks: bool = True, flip_axes: Sequence[int] | None = None) -> dict[str, Any]:
+                  use_masks: bool = True, flip_axes: Sequence[int] | None = None,
+                  transfer: str = "encoder") -> dict[str, Any]:
     """Fine-tune (``card`` given) or train from scratch (``architecture``), return test metrics (one JSON dict).
 
     Checks every case against the card and plan first (:func:`medssl.finetune.seg_data.check_cases`), prepares
@@ -118,6 +120,9 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     decoder-only network options. ``regions`` / ``region_labels`` / ``region_training``: region targets and
     metrics (:mod:`medssl.finetune.regions`). ``channel_names``: the cases' channels, checked against the card's (:func:`medssl.models.hub.check_channels`) before anything is
     read; ``adapt_channels`` allows a different channel count by adapting the encoder's first layer.
+    ``transfer``: ``"encoder"`` loads the card's encoder alone, ``"whole"`` also its pretrained decoder (BasicUNet;
+    only the head starts random; :func:`medssl.models.dense_transfer.load_whole_network`); recorded as
+    ``transfer`` (None from scratch) with the load report's key counts by source (``load_report["keys"]``).
 
     ``min_steps``: 5 labelled volumes are 1-3 batches per epoch, too few steps to train in ``epochs`` epochs. As in
     :func:`~medssl.finetune.classification.fit_classifier`, every epoch count (``epochs``,
@@ -130,6 +135,10 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     card_json = read_card(card)[0] if card is not None else None
     if card_json is None and architecture is None:
         raise ValueError("give an encoder card or, from scratch, an architecture")
+    if transfer == "whole":  # before any volume is read: the card must hold a decoder
+        if card_json is None:
+            raise ValueError("transfer='whole' loads a pretrained encoder and decoder: give an encoder card")
+        card_decoder(card_json, card)
     resolved, _ = resolve_plan(card_json, card, plan, override_plan)  # the module resolves it again, identically
     in_channels = int((card_json or architecture["kwargs"])["in_channels"])
     if card_json is not None:  # the data's channels against the card's, before any volume is read
@@ -157,7 +166,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
             sw_overlap=sw_overlap, sw_batch_size=sw_batch_size, regions=regions, region_labels=region_labels,
             region_training=region_training, in_channels=in_channels,
             channels=list(channel_names) if channel_names is not None else None, adapt_channels=adapt_channels,
-            optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
+            transfer=transfer, optim=OptimConfig(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), warmup=warmup))
         info = train_segmenter(module, train_ds, SegmentationVolumes(val_cases, cache), epochs=epochs * stretch,
                                batch_size=batch_size, seed=seed, patience=patience, val_every_n_epochs=stretch,
                                run_dir=run_dir, accelerator=accelerator, progress=progress)
@@ -167,7 +176,8 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
             scratch.cleanup()
     report = module.load_report
     return {
-        "init": module.init, "split": "test", "metrics": metrics, **info,
+        "init": module.init, "transfer": None if card is None else module.transfer, "split": "test",
+        "metrics": metrics, **info,
         "max_epochs": epochs * stretch, "val_every_n_epochs": stretch, "steps_per_epoch": steps_per_epoch,
         "freeze_encoder_epochs": module.freeze_encoder_epochs if report is not None else 0,
         "n_train": len(train_cases), "n_val": len(val_cases), "n_test": len(test_cases),
@@ -175,6 +185,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
         "network": module.hparams["network"], "plan": module.plan_record, "encoder_sha256": module.encoder_sha256,
         "load_report": None if report is None else {"summary": report.summary(), "matched": len(report.matched),
                                                     "expected_missing": len(report.expected_missing),
-                                                    "notes": report.notes},
+                                                    "keys": report.key_sources(), "notes": report.notes,
+                                                    "reinitialised": getattr(report, "reinitialised", None)},
         "wall_s": round(time.perf_counter() - t0, 2),
     }

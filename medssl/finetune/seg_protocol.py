@@ -4,6 +4,9 @@ For every labelled-case count and seed, :func:`run_seg_protocol` draws the label
 split (:func:`medssl.finetune.seg_cases.labelled_subset`: nested, so 5 cases of seed s are among its 20) and trains:
 
 * ``finetune``: the card's encoder in its MONAI segmentation network (decoder random), everything trained;
+* ``whole``: whole-network transfer, the card's encoder and pretrained decoder (a restoration method pretrained with
+  ``decoder: basicunet``; only the head starts random), everything trained: against ``finetune`` on the same
+  subsets and seeds it measures what the pretrained decoder adds;
 * ``frozen``: the same, encoder frozen throughout (only the decoder learns: the segmentation analogue of a linear
   probe);
 * ``scratch``: the same network from random initialisation, same data preparation (the card's plan), same budget.
@@ -46,7 +49,7 @@ from medssl.finetune.seg_options import SegOptions, seg_options, task_channels
 __all__ = ["SEG_METHODS", "SegProtocolConfig", "recorded_split", "run_seg_protocol", "seg_options", "task_cases",
            "task_channels"]
 
-SEG_METHODS = ("finetune", "frozen", "scratch")
+SEG_METHODS = ("finetune", "whole", "frozen", "scratch")
 RESULT_FORMAT = "medssl-label-efficiency"
 
 
@@ -126,7 +129,8 @@ class SegProtocolConfig(SegOptions):
                 self.methods):
             raise bad("methods", f"must be distinct methods from {list(SEG_METHODS)}")
         if self.encoder is None and any(m != "scratch" for m in self.methods):
-            raise bad("encoder", "an encoder card is required for 'finetune' and 'frozen' (pass --encoder PATH)")
+            raise bad("encoder", "an encoder card is required for 'finetune', 'whole' and 'frozen' (pass --encoder "
+                      "PATH)")
         if self.encoder is None and (self.architecture is None or self.plan is None):
             raise bad("architecture", "'scratch' without an encoder card needs 'architecture' and 'plan'")
         if self.spatial_dims not in (2, 3) or len(self.roi_size) != self.spatial_dims:
@@ -171,6 +175,7 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
 
     from medssl import __version__
     from medssl.finetune.seg_fit import fit_segmenter
+    from medssl.models.dense_transfer import card_decoder
     from medssl.models.hub import read_card
 
     cfg.validate()
@@ -183,6 +188,8 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
         raise ProtocolConfigError("counts", f"{max(cfg.counts)} labelled cases requested, the split has {len(train)} "
                                   "training cases")
     card = read_card(cfg.encoder)[0] if cfg.encoder else None
+    if "whole" in cfg.methods:  # refuse a card without a decoder before any run, not after the other methods
+        card_decoder(card, cfg.encoder)
     architecture = cfg.architecture or card["architecture"]
     scratch_plan = cfg.plan or (card["preprocessing"]["plan"] if card else None)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache"
@@ -217,7 +224,8 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
                     freeze_encoder_epochs=(cfg.epochs if method == "frozen" else cfg.freeze_encoder_epochs)
                     if pretrained else 0,
                     layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay, warmup=cfg.warmup, pos=cfg.pos,
-                    neg=cfg.neg, sw_overlap=cfg.sw_overlap, run_dir=run_dir, **options)
+                    neg=cfg.neg, sw_overlap=cfg.sw_overlap, run_dir=run_dir,
+                    transfer="whole" if method == "whole" else "encoder", **options)
                 run.update(method=method, count=count, seed=seed, labelled_cases=[c.case_id for c in labelled])
                 result["runs"].append(run)
                 m = run["metrics"]

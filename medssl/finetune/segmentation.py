@@ -7,6 +7,11 @@
 * ``init="pretrained"``: the exported weights are placed with :func:`medssl.models.hub.load_encoder`, which must
   fill every encoder key (the report is kept as ``load_report``); the decoder starts random from ``seed``.
   ``init="scratch"``: the same network, random from ``seed``; the weights file is never read.
+* ``transfer="whole"`` (with ``init="pretrained"``; BasicUNet): the card's pretrained decoder is loaded too
+  (:func:`medssl.models.dense_transfer.load_whole_network`), only the head ``final_conv`` starts random; the
+  network is built with the decoder's ``upsample`` (another one in ``decoder`` raises). ``"encoder"`` (default)
+  loads the encoder alone. The report (``load_report``) then also lists the decoder's keys and why the head was
+  re-initialised; freezing still applies to the encoder's keys only.
 * ``freeze_encoder_epochs``: for the first epochs exactly the parameters that ``load_encoder`` filled
   (``report.matched``) are frozen, and the modules holding only such tensors run in eval mode (no dropout, no
   norm statistics updates). With ``init="scratch"`` nothing was loaded and nothing is frozen.
@@ -62,6 +67,7 @@ from medssl.finetune.seg_cases import SegmentationDataError
 from medssl.finetune.layer_decay import adamw_warmup_cosine, layer_decay_groups
 from medssl.finetune.seg_data import check_card_dims, resolve_plan
 from medssl.finetune.regions import RegionMap
+from medssl.models.dense_transfer import card_decoder, load_whole_network
 from medssl.models.hub import ChannelMismatchError, LoadReport, card_channels, check_channels, load_encoder, read_card
 from medssl.models.segmenter import build_segmenter, segmenter_spec
 from medssl.models.vit import freeze_unused_cross_attention_norms
@@ -70,6 +76,8 @@ from medssl.training.optim import OptimConfig
 __all__ = ["MONITOR", "SegmentationFinetuner"]  # + train/evaluate/fit_segmenter, looked up lazily (below)
 
 INITS = ("pretrained", "scratch")
+#: what a pretrained init loads: the encoder alone, or encoder + pretrained decoder (all but the head)
+TRANSFERS = ("encoder", "whole")
 REGION_TRAINING = ("sigmoid", "classes")
 MONITOR = "val/dice"
 
@@ -91,6 +99,7 @@ class SegmentationFinetuner(L.LightningModule):
         regions, region_labels, region_training: region targets and metrics (module docstring).
         channels: the data's channel names (checked against the card's when both are known).
         adapt_channels: ``"average"`` | ``"repeat"``: adapt the first layer when the channel counts differ.
+        transfer: ``"encoder"`` or ``"whole"`` (encoder + the card's decoder; module docstring).
         task, network: recorded values, given back by ``load_from_checkpoint`` and checked.
     """
 
@@ -103,7 +112,7 @@ class SegmentationFinetuner(L.LightningModule):
                  seed: int = 0, regions: dict[str, list[int]] | None = None,
                  region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
                  channels: Sequence[str] | None = None, adapt_channels: str | None = None,
-                 task: str = "segmentation", network: dict[str, Any] | None = None):
+                 transfer: str = "encoder", task: str = "segmentation", network: dict[str, Any] | None = None):
         super().__init__()
         names = list(label_names) if label_names is not None else ["background", *map(str, range(1, num_classes))]
         if init not in INITS or task != "segmentation" or len(names) != num_classes or num_classes < 2:
@@ -115,6 +124,8 @@ class SegmentationFinetuner(L.LightningModule):
         self.optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=1e-3))
         if self.optim.name != "adamw":
             raise ValueError(f"segmentation fine-tuning uses AdamW, got optim.name={self.optim.name!r}")
+        if transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
         if region_training not in REGION_TRAINING:
             raise ValueError(f"region_training must be one of {REGION_TRAINING}, got {region_training!r}")
         self.regions = RegionMap.from_config(regions, region_labels) if regions else None
@@ -145,10 +156,18 @@ class SegmentationFinetuner(L.LightningModule):
             if count != int(card["in_channels"]):  # the network takes the data's channels (stem adapted on load)
                 architecture = {**architecture, "kwargs": {**architecture["kwargs"], "in_channels": count}}
             in_channels = count
+            if init == "pretrained" and transfer == "whole":  # the segmenter's decoder must be the pretrained one's
+                upsample = card_decoder(card, encoder)["upsample"]
+                if (decoder or {}).get("upsample", upsample) != upsample:
+                    raise SegmentationDataError(
+                        f"decoder upsample={decoder['upsample']!r} differs from the pretrained decoder's "
+                        f"{upsample!r}; leave it out for whole-network transfer", [encoder])
+                decoder = {**(decoder or {}), "upsample": upsample}
         if architecture is None:
             raise ValueError("init='scratch' needs architecture={'name', 'kwargs'} or an encoder card")
         in_channels = int(in_channels if in_channels is not None else architecture["kwargs"]["in_channels"])
         self.plan, self.plan_record = resolve_plan(card, encoder, plan, override_plan)
+        self.transfer = transfer
         self.init, self.num_classes, self.label_names, self.spatial_dims = init, int(num_classes), names, spatial_dims
         self.roi_size = [int(r) for r in roi_size]
         self.freeze_encoder_epochs, self.layer_decay, self.seed = int(freeze_encoder_epochs), layer_decay, seed
@@ -170,7 +189,8 @@ class SegmentationFinetuner(L.LightningModule):
         self.load_report: LoadReport | None = None
         self.encoder_sha256: str | None = None
         if init == "pretrained":
-            self.load_report = load_encoder(encoder, into=self.net, adapt_channels=self._adapt)
+            load = load_whole_network if transfer == "whole" else load_encoder
+            self.load_report = load(encoder, into=self.net, adapt_channels=self._adapt)
             self.encoder_sha256 = card["weights"]["sha256"]
         loaded = set(self.load_report.matched) if self.load_report else set()
         self._trainable = {n for n, p in self.net.named_parameters() if p.requires_grad}
@@ -303,14 +323,16 @@ class SegmentationFinetuner(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["trained_as"] = {"init": self.init, "encoder": self.hparams.get("encoder"),
-                                    "encoder_sha256": self.encoder_sha256, "plan_record": self.plan_record}
+        checkpoint["trained_as"] = {"init": self.init, "transfer": self.transfer,
+                                    "encoder": self.hparams.get("encoder"), "encoder_sha256": self.encoder_sha256,
+                                    "plan_record": self.plan_record}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get("trained_as") or {}
         if record:
             self.init, self.encoder_sha256, self.plan_record = record["init"], record["encoder_sha256"], \
                 record["plan_record"]
+            self.transfer = record.get("transfer", "encoder")
             self.hparams.update({"init": record["init"], "encoder": record["encoder"]})
 
     @classmethod

@@ -11,7 +11,8 @@ from which :func:`build_encoder` rebuilds the architecture. Their ``state_dict``
 * :class:`EncoderClassifier` (``classifier.py``): any registry encoder + a linear head, built from an encoder card.
 * ``hub.py`` exports an encoder with its card and loads it back; ``transfer.py`` maps its keys into MONAI
   segmentation / classification networks (``UNETR``, ``SwinUNETR``, ``SegResNet``, ``BasicUNet``, ``ResNet``,
-  ``ViT``) for :func:`medssl.models.hub.load_encoder`.
+  ``ViT``) for :func:`medssl.models.hub.load_encoder`; ``dense_transfer.py`` exports a pretrained segmentation-network
+  decoder (:class:`~medssl.models.unet.BasicUNetDecoder`) beside the encoder and loads both (whole-network transfer).
 * ``heads.py``: projection / prediction / DINO heads of the joint-embedding methods.
 * :class:`MaskedAutoencoder` (``mae.py``) and :class:`SimMIM` (``simmim.py``): masked-modelling wrappers.
 * ``registry.py``: :data:`ENCODERS`, :func:`build_encoder`, :func:`encoder_spec`.

@@ -74,6 +74,11 @@ class LoadReport:
     reshaped: list[str] = field(default_factory=list)  # loaded after an explicit, reported reshape
     notes: list[str] = field(default_factory=list)  # what was adapted (reshapes) or tolerated (allow_partial)
 
+    def key_sources(self) -> dict[str, int]:
+        """Network keys by where their values came from: the encoder file, a decoder file (whole-network transfer,
+        :mod:`medssl.models.dense_transfer`), or left at the network's initialisation."""
+        return {"encoder": len(self.matched), "decoder": 0, "reinitialised": len(self.expected_missing)}
+
     def summary(self) -> str:
         return (f"{len(self.matched)} matched, {len(self.missing)} missing, {len(self.expected_missing)} left to "
                 f"fine-tuning (decoder/head), {len(self.unexpected)} unexpected, {len(self.mismatched)} "

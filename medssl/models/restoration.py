@@ -10,21 +10,43 @@ max-pool) a last block runs at the image size. A 1x1 convolution gives the outpu
 sigmoid (Models Genesis's output layer, for targets in [0, 1]).
 
 Any registry encoder with ``forward_features`` and ``stage_channels`` works (``resnet``, ``segresnet``,
-``basicunet``); only the encoder is exported after pretraining, the decoder is discarded.
+``basicunet``); with this decoder only the encoder is exported after pretraining, the decoder is discarded.
+
+``decoder="basicunet"`` (``basicunet`` encoders only) replaces it by :class:`medssl.models.unet.BasicUNetDecoder`,
+the decoder of the MONAI ``BasicUNet`` that the encoder segments with: then the pretrained decoder is exported too
+and can initialise the segmentation network's decoder (whole-network transfer, the Models Genesis recipe;
+:mod:`medssl.models.dense_transfer`). It always has skip connections and BasicUNet's own widths, so ``skips=False``
+and ``channels`` are refused with it. Other encoders with a dense decoder raise :class:`DenseDecoderError`
+(SegResNet's decoder could be added the same way).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-__all__ = ["RestorationDecoder", "RestorationModel"]
+from medssl.errors import MedsslError, Reason
+from medssl.models.unet import UPSAMPLE_MODES, BasicUNetDecoder, BasicUNetEncoder
+
+__all__ = ["DECODERS", "DenseDecoderError", "RestorationDecoder", "RestorationModel"]
 
 OUT_ACTIVATIONS = (None, "sigmoid")
+#: ``"restoration"``: :class:`RestorationDecoder` (any CNN encoder, discarded after pretraining);
+#: ``"basicunet"``: :class:`~medssl.models.unet.BasicUNetDecoder` (basicunet encoders; exported for whole transfer)
+DECODERS = ("restoration", "basicunet")
+#: dense decoder name -> the registry encoder whose segmentation network it is the decoder of
+DENSE_DECODER_ENCODERS = {"basicunet": BasicUNetEncoder}
+
+
+class DenseDecoderError(MedsslError):
+    """A dense (segmentation-network) decoder asked for an encoder or settings it does not fit."""
+
+    def __init__(self, message: str, files: Any = ()):
+        super().__init__(Reason.BAD_CONFIG, message, files)
 
 
 def _groups(channels: int) -> int:
@@ -98,24 +120,53 @@ class RestorationDecoder(nn.Module):
 
 
 class RestorationModel(nn.Module):
-    """Encoder + :class:`RestorationDecoder`: ``model(x) -> restored image`` of ``x``'s shape.
+    """Encoder + decoder: ``model(x) -> restored image`` of ``x``'s shape.
 
     Args:
         encoder: a registry CNN encoder (``forward_features``, ``stage_channels``, ``in_channels``,
             ``spatial_dims``).
-        channels, skips, out_activation: see :class:`RestorationDecoder`.
+        channels, skips, out_activation: see :class:`RestorationDecoder` (``out_activation`` applies to both
+            decoders).
+        decoder: ``"restoration"`` (:class:`RestorationDecoder`) or ``"basicunet"`` (module docstring).
+        upsample: the BasicUNet decoder's ``upsample`` (``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``).
     """
 
     def __init__(self, encoder: nn.Module, channels: Optional[Sequence[int]] = None, skips: bool = True,
-                 out_activation: Optional[str] = None):
+                 out_activation: Optional[str] = None, decoder: str = "restoration", upsample: str = "deconv"):
         super().__init__()
         if not hasattr(encoder, "forward_features") or not hasattr(encoder, "stage_channels"):
             raise ValueError(f"{type(encoder).__name__} has no multi-scale forward_features: restoration needs a CNN "
                              "encoder (resnet, segresnet, basicunet); for a ViT see MONAI's ViTAutoEnc")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if out_activation not in OUT_ACTIVATIONS:
+            raise ValueError(f"out_activation must be one of {OUT_ACTIVATIONS}, got {out_activation!r}")
         self.encoder = encoder
-        self.decoder = RestorationDecoder(encoder.spatial_dims, encoder.stage_channels, encoder.in_channels,
-                                          channels, skips, out_activation)
+        self.decoder_name, self.out_activation = decoder, out_activation
+        if decoder == "restoration":
+            self.decoder: nn.Module = RestorationDecoder(encoder.spatial_dims, encoder.stage_channels,
+                                                         encoder.in_channels, channels, skips, out_activation)
+            return
+        if type(encoder) is not DENSE_DECODER_ENCODERS[decoder]:
+            raise DenseDecoderError(
+                f"decoder={decoder!r} is the decoder of MONAI's BasicUNet and needs a 'basicunet' encoder, got "
+                f"{type(encoder).__name__}; only BasicUNet has a dense decoder so far: use decoder='restoration' "
+                "(encoder-only transfer) for other encoders")
+        if not skips or channels is not None:
+            raise DenseDecoderError(f"decoder={decoder!r} has BasicUNet's own skip connections and widths: leave "
+                                    f"skips true and decoder_channels unset (got skips={skips}, channels={channels})")
+        if upsample not in UPSAMPLE_MODES:
+            raise DenseDecoderError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        self.decoder = BasicUNetDecoder.for_encoder(encoder, upsample=upsample)
+
+    @property
+    def dense_decoder(self) -> Optional[nn.Module]:
+        """The decoder when it is a segmentation network's decoder (exported for whole transfer), else None."""
+        return self.decoder if self.decoder_name != "restoration" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The restored image ``(B, C, *spatial)`` of the (corrupted) input ``x``."""
-        return self.decoder(self.encoder.forward_features(x), x.shape[2:])
+        out = self.decoder(self.encoder.forward_features(x), x.shape[2:])
+        if self.decoder_name == "restoration":  # RestorationDecoder applies its own activation
+            return out
+        return torch.sigmoid(out) if self.out_activation == "sigmoid" else out

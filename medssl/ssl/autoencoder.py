@@ -3,8 +3,12 @@
 :class:`RestorationMethod` is the shared base (the corruption is the only thing a subclass defines):
 
 * the encoder is a registry CNN encoder (``resnet``, ``segresnet``, ``basicunet``) built from ``encoder`` /
-  ``encoder_kwargs`` and exported alone; the decoder (:class:`medssl.models.restoration.RestorationDecoder`) reads
-  its ``forward_features`` maps and is discarded after pretraining;
+  ``encoder_kwargs``; the decoder (:class:`medssl.models.restoration.RestorationDecoder`) reads its
+  ``forward_features`` maps and is discarded after pretraining, unless ``decoder="basicunet"`` (``basicunet``
+  encoders): then it is MONAI ``BasicUNet``'s own decoder (:class:`medssl.models.unet.BasicUNetDecoder`), exposed
+  as :attr:`RestorationMethod.dense_decoder` and exported beside the encoder for whole-network transfer
+  (``decoder.safetensors``, :mod:`medssl.models.dense_transfer`). The default stays ``"restoration"`` because the
+  BasicUNet decoder always has skip connections (the plain autoencoder must not) and fits only one encoder;
 * the loss is the mean squared error over the whole image (all voxels, all channels), as in Models Genesis;
 * ``reconstruct`` gives the run's ``reconstructions/*.png`` grids their columns: input / transformed / restored.
 
@@ -55,6 +59,9 @@ class RestorationMethod(SSLMethod):
         decoder_channels: decoder width per encoder stage, shallow to deep (default: the encoder's).
         skips: U-Net skip connections in the decoder.
         out_activation: ``None`` or ``"sigmoid"`` (targets in [0, 1]).
+        decoder: ``"restoration"`` (default) or ``"basicunet"`` (the segmentation BasicUNet's decoder, exported).
+        decoder_upsample: the BasicUNet decoder's ``upsample`` (``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``);
+            fine-tuning builds the segmenter with the same.
         intensity: ``"none"``, ``"clamp"`` (to [0, 1]) or ``"minmax"`` (per sample to [0, 1]), applied to the
             image before corruption; the model restores the normalised image.
         optim, nonfinite, max_consecutive_skips, seed: see :class:`medssl.ssl.base.SSLMethod`.
@@ -63,14 +70,15 @@ class RestorationMethod(SSLMethod):
     def __init__(self, encoder: str = "resnet", encoder_kwargs: Optional[dict[str, Any]] = None,
                  decoder_channels: Optional[list[int]] = None, skips: bool = True,
                  out_activation: Optional[str] = None, intensity: str = "none", optim: Optional[OptimConfig] = None,
-                 nonfinite: str = "stop", max_consecutive_skips: int = 10, seed: int = 0):
+                 nonfinite: str = "stop", max_consecutive_skips: int = 10, seed: int = 0,
+                 decoder: str = "restoration", decoder_upsample: str = "deconv"):
         super().__init__(optim if optim is not None else OptimConfig(lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999)),
                          nonfinite, max_consecutive_skips, seed)
         if intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
         built = build_encoder(encoder, dict(encoder_kwargs or {}))
         try:
-            self.model = RestorationModel(built, decoder_channels, skips, out_activation)
+            self.model = RestorationModel(built, decoder_channels, skips, out_activation, decoder, decoder_upsample)
         except ValueError as err:
             raise MedsslError(Reason.BAD_CONFIG, f"{type(self).__name__}: {err}") from err
         self.intensity = intensity
@@ -78,6 +86,12 @@ class RestorationMethod(SSLMethod):
     @property
     def encoder(self) -> torch.nn.Module:
         return self.model.encoder
+
+    @property
+    def dense_decoder(self) -> Optional[torch.nn.Module]:
+        """The segmentation network's decoder trained here (``decoder="basicunet"``), exported for whole-network
+        transfer; None for the default restoration decoder, which no segmenter holds."""
+        return self.model.dense_decoder
 
     # --- to implement -----------------------------------------------------------------------------------------
     def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -110,7 +124,8 @@ class Autoencoder(RestorationMethod):
     """(Denoising) autoencoder.
 
     Args:
-        encoder, encoder_kwargs, decoder_channels, out_activation, intensity: see :class:`RestorationMethod`.
+        encoder, encoder_kwargs, decoder_channels, out_activation, decoder, decoder_upsample, intensity: see
+            :class:`RestorationMethod` (``decoder="basicunet"`` needs ``skips=True``).
         noise_std: std of the additive Gaussian noise (0: none).
         mask_ratio: fraction of ``mask_patch_size`` patches set to zero (0: none); the image size must be divisible
             by ``mask_patch_size``.
@@ -124,9 +139,10 @@ class Autoencoder(RestorationMethod):
                  noise_std: float = 0.1, mask_ratio: float = 0.0, mask_patch_size: Union[int, list[int]] = 4,
                  decoder_channels: Optional[list[int]] = None, skips: bool = False,
                  out_activation: Optional[str] = None, intensity: str = "none", optim: Optional[OptimConfig] = None,
-                 nonfinite: str = "stop", max_consecutive_skips: int = 10, seed: int = 0):
+                 nonfinite: str = "stop", max_consecutive_skips: int = 10, seed: int = 0,
+                 decoder: str = "restoration", decoder_upsample: str = "deconv"):
         super().__init__(encoder, encoder_kwargs, decoder_channels, skips, out_activation, intensity, optim,
-                         nonfinite, max_consecutive_skips, seed)
+                         nonfinite, max_consecutive_skips, seed, decoder=decoder, decoder_upsample=decoder_upsample)
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         if not 0.0 <= mask_ratio < 1.0:

@@ -3,9 +3,12 @@ corruptions (local pixel shuffling, non-linear intensity mapping, in-/out-painti
 :class:`medssl.transforms.genesis.GenesisTransform`) with a U-Net-style encoder-decoder and an MSE loss.
 
 The reference trains a 3D U-Net with a sigmoid output on CT cubes scaled to [0, 1]; here the encoder is any
-registry CNN encoder (exported alone), the decoder :class:`medssl.models.restoration.RestorationDecoder` (skip
-connections and sigmoid on by default), and the images are clamped to [0, 1] first (``intensity="clamp"``; use
-``"minmax"`` for z-scored data), because the transformations are defined on that range.
+registry CNN encoder and the decoder :class:`medssl.models.restoration.RestorationDecoder` (skip connections and
+sigmoid on by default; discarded after pretraining, the encoder is exported alone) or, with
+``decoder="basicunet"``, MONAI BasicUNet's own decoder (exported beside the encoder, so that fine-tuning can start
+from the whole pretrained network as in the paper's target-segmentation transfer). The images are clamped to
+[0, 1] first (``intensity="clamp"``; use ``"minmax"`` for z-scored data), because the transformations are defined
+on that range.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ class ModelsGenesis(RestorationMethod):
     """Models Genesis restoration.
 
     Args:
-        encoder, encoder_kwargs, decoder_channels, skips, out_activation, intensity: see
+        encoder, encoder_kwargs, decoder_channels, skips, out_activation, decoder, decoder_upsample, intensity: see
             :class:`medssl.ssl.autoencoder.RestorationMethod`.
         nonlinear_prob, flip_prob, shuffle_prob, shuffle_max_block, shuffle_fraction, paint_prob, inpaint_rate,
             inpaint_size, outpaint_size: the corruption, see :class:`medssl.transforms.genesis.GenesisTransform`
@@ -43,9 +46,9 @@ class ModelsGenesis(RestorationMethod):
                  decoder_channels: Optional[list[int]] = None, skips: bool = True,
                  out_activation: Optional[str] = "sigmoid", intensity: str = "clamp",
                  optim: Optional[OptimConfig] = None, nonfinite: str = "stop", max_consecutive_skips: int = 10,
-                 seed: int = 0):
+                 seed: int = 0, decoder: str = "restoration", decoder_upsample: str = "deconv"):
         super().__init__(encoder, encoder_kwargs, decoder_channels, skips, out_activation, intensity, optim,
-                         nonfinite, max_consecutive_skips, seed)
+                         nonfinite, max_consecutive_skips, seed, decoder=decoder, decoder_upsample=decoder_upsample)
         self.transform = GenesisTransform(
             nonlinear_prob=nonlinear_prob, flip_prob=flip_prob, shuffle_prob=shuffle_prob,
             shuffle_max_block=shuffle_max_block, shuffle_fraction=shuffle_fraction, paint_prob=paint_prob,

@@ -1,5 +1,9 @@
 """Encoder export at the end of pretraining: ``<run>/encoder.safetensors`` + ``<run>/encoder.json``.
 
+A method with a dense decoder (``dense_decoder``: a restoration method pretrained with ``decoder: basicunet``) also
+writes ``<run>/decoder.safetensors``, recorded in the card's ``decoder`` entry for whole-network transfer
+(:mod:`medssl.models.dense_transfer`); other methods' cards are unchanged.
+
 The card records the method, the encoder architecture, the preprocessing of the data source, a training summary
 without patient data (item counts, steps, last losses) and the SHA-256 of the run's resolved ``config.yaml``.
 """
@@ -12,6 +16,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from medssl.data.hashing import file_sha256
+from medssl.models.dense_transfer import export_decoder
 from medssl.models.hub import export_encoder
 
 CONFIG_NAME = "config.yaml"
@@ -38,7 +43,10 @@ class EncoderExport(L.Callback):
             "skipped_nonfinite_steps": int(getattr(pl_module, "skipped_steps", 0)),
         }
         preprocessing = dm.source.preprocessing() if hasattr(dm, "source") else {}
+        decoder = getattr(pl_module, "dense_decoder", None)
+        extra = None if decoder is None else {
+            "decoder": export_decoder(decoder, run_dir, out_activation=pl_module.hparams.get("out_activation"))}
         self.card_path = export_encoder(pl_module.encoder_module, run_dir, method=pl_module.method_name,
                                         preprocessing=preprocessing, training=training,
                                         config_sha256=file_sha256(config) if (config := run_dir / CONFIG_NAME).is_file()
-                                        else None)
+                                        else None, extra=extra)

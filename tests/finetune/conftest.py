@@ -1,5 +1,5 @@
 """Tiny fixtures for the few-label tests: a learnable fake MedMNIST file, CT-like box cubes for segmentation and
-tiny exported ResNet / BasicUNet encoders."""
+tiny exported ResNet / BasicUNet encoders (one with its BasicUNet decoder, for whole-network transfer)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,6 +43,22 @@ def export_tiny_basicunet(folder: Path) -> Path:
         torch.manual_seed(0)
         encoder = build_encoder("basicunet", {"in_channels": 1, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4]})
     export_encoder(encoder, folder, method="test",
+                   preprocessing={"kind": "plan", "plan": CT.to_dict(), "fingerprint": CT.fingerprint()})
+    return folder / "encoder.json"
+
+
+def export_tiny_genesis_basicunet(folder: Path) -> Path:
+    """A tiny seeded Models-Genesis-style BasicUNet encoder + its BasicUNet decoder (whole-network transfer),
+    exported with a CT-window plan; returns the card path."""
+    from medssl.models.dense_transfer import export_decoder
+    from medssl.models.restoration import RestorationModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = build_encoder("basicunet", {"in_channels": 1, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4]})
+        model = RestorationModel(encoder, out_activation="sigmoid", decoder="basicunet")
+    record = export_decoder(model.dense_decoder, folder, out_activation="sigmoid")
+    export_encoder(encoder, folder, method="genesis", extra={"decoder": record},
                    preprocessing={"kind": "plan", "plan": CT.to_dict(), "fingerprint": CT.fingerprint()})
     return folder / "encoder.json"
 

@@ -124,6 +124,7 @@ def test_classification_run_with_an_encoder_and_from_scratch(fake_npz, tiny_card
     ({"select": "median"}, "select"),
     ({"encoder_lr_scale": 0}, "encoder_lr_scale"),
     ({"ema_decay": 1}, "ema_decay"),
+    ({"transfer": "whole"}, "transfer"),  # whole-network transfer is segmentation-only
 ])
 def test_config_errors_name_the_file_and_field(change, field, tmp_path):
     yml = tmp_path / "bad.yaml"
@@ -141,6 +142,7 @@ def test_segmentation_config_errors_and_exit_codes(cubes, tmp_path):
                           ({"flip_axes": [0, 3]}, "flip_axes"), ({"flip_axes": ["0"]}, "flip_axes"),
                           ({"use_masks": "yes"}, "use_masks"), ({"region_training": "softmax"}, "region_training"),
                           ({"regions": {"WT": "all"}}, "regions"), ({"adapt_channels": "mean"}, "adapt_channels"),
+                          ({"transfer": "decoder"}, "transfer"),
                           ({"encoder": None}, "architecture")]:  # from scratch needs architecture and plan
         with pytest.raises(ProtocolConfigError, match=f"field '{field}'"):
             FinetuneConfig.from_dict({**cfg, "encoder": "x/encoder.json", **change})
@@ -151,6 +153,13 @@ def test_segmentation_config_errors_and_exit_codes(cubes, tmp_path):
     missing.write_text(yaml.safe_dump({**cfg, "images": str(tmp_path / "none" / "*.nii.gz")}))
     assert main(["finetune", "--config", str(missing), "--encoder", str(root / "enc"), "--run_dir",
                  str(tmp_path / "r"), "--quiet"]) == 3
+    with pytest.raises(ProtocolConfigError, match="field 'transfer'.*needs an encoder card"):
+        FinetuneConfig.from_dict({**cfg, "transfer": "whole", "architecture": {"name": "basicunet"}, "plan": {}})
+    whole = tmp_path / "whole.yaml"  # passed on to fit_segmenter: an encoder-only card is refused (a data error)
+    whole.write_text(yaml.safe_dump({**cfg, "transfer": "whole"}))
+    assert FinetuneConfig.from_yaml(whole, encoder="x/encoder.json").transfer == "whole"
+    assert main(["finetune", "--config", str(whole), "--encoder", str(root / "enc"), "--run_dir",
+                 str(tmp_path / "w"), "--quiet"]) == 3
 
 
 def test_repo_finetune_configs_parse():
@@ -191,3 +200,9 @@ def test_shared_segmentation_options_in_both_configs(cubes, tmp_path):
     yml = tmp_path / "resolved.yaml"
     yml.write_text(yaml.safe_dump(data, sort_keys=False))
     assert FinetuneConfig.from_yaml(yml) == seg
+
+
+def test_transfer_choices_agree_with_the_finetuner():
+    from medssl.finetune import run_config, segmentation
+
+    assert run_config.TRANSFERS == segmentation.TRANSFERS == ("encoder", "whole")

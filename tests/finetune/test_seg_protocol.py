@@ -10,7 +10,8 @@ import yaml
 from medssl.cli import main
 from medssl.finetune.protocol import ProtocolConfigError
 from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
-from tests.finetune.conftest import export_tiny_basicunet, write_box_cubes
+from medssl.models.dense_transfer import MissingDecoderError
+from tests.finetune.conftest import export_tiny_basicunet, export_tiny_genesis_basicunet, write_box_cubes
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,29 @@ def test_protocol_records_split_and_reports(setup, tmp_path, one_thread):
     run_seg_protocol(cfg2, tmp_path / "again", progress=False)
     again = json.loads((tmp_path / "again" / "label_efficiency_cubes.json").read_text())
     assert again["case_split"]["test"] == split["test"]
+
+
+def test_whole_network_method_against_encoder_only(setup, tmp_path, one_thread):
+    # 'whole' and 'finetune' on the same subsets and seeds; only 'whole' loads the pretrained decoder
+    root, cfg = setup
+    card = export_tiny_genesis_basicunet(tmp_path / "genesis")
+    whole = SegProtocolConfig(**{**cfg, "encoder": str(card), "methods": ["finetune", "whole"], "counts": [1],
+                                 "epochs": 1, "plot": False}).validate()
+    run_seg_protocol(whole, tmp_path / "out", progress=False)
+    out = json.loads((tmp_path / "out" / "label_efficiency_cubes.json").read_text())
+    runs = {r["method"]: r for r in out["runs"]}
+    assert runs["whole"]["labelled_cases"] == runs["finetune"]["labelled_cases"]
+    assert (runs["whole"]["transfer"], runs["finetune"]["transfer"]) == ("whole", "encoder")
+    keys = runs["whole"]["load_report"]["keys"]
+    assert keys["decoder"] > 0 and keys["reinitialised"] == 2
+    assert runs["finetune"]["load_report"]["keys"] == {"encoder": keys["encoder"], "decoder": 0,
+                                                       "reinitialised": keys["decoder"] + 2}
+    assert "| whole | 1 case" in (tmp_path / "out" / "label_efficiency_cubes.md").read_text()
+    # a card without a decoder is refused before any run (not after the other methods)
+    refused = SegProtocolConfig(**{**cfg, "methods": ["scratch", "whole"]}).validate()
+    with pytest.raises(MissingDecoderError, match="holds no decoder"):
+        run_seg_protocol(refused, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused" / "label_efficiency_cubes.json").exists()
 
 
 def test_config_errors_name_the_field(setup):

@@ -12,12 +12,14 @@ import torch
 from medssl.data.cache import PreprocessCache
 from medssl.data.nifti import write_nifti
 from medssl.data.plan import PreprocessPlan
-from medssl.finetune import segmentation
+from medssl.finetune import seg_fit, segmentation
 from medssl.finetune.seg_cases import SegmentationCase, SegmentationDataError, cases_from_msd, msd_label_names
 from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes
 from medssl.finetune.segmentation import SegmentationFinetuner, evaluate_segmenter, fit_segmenter, train_segmenter
+from medssl.models.dense_transfer import MissingDecoderError, load_decoder_state
 from medssl.models.hub import export_encoder, load_encoder_state
 from medssl.models.registry import build_encoder
+from tests.finetune.conftest import export_tiny_genesis_basicunet
 
 CT = PreprocessPlan(intensity="ct_window")
 UNET = {"in_channels": 1, "spatial_dims": 3, "features": [4, 4, 8, 8, 16, 4]}
@@ -206,6 +208,43 @@ def test_2d_segmenter_trains_on_slices_and_is_deterministic(cubes, tmp_path, one
                                    roi_size=(32, 16), plan=CT.to_dict())
     assert module.predict_volume(torch.rand(1, 24, 24, 16)).shape == (24, 24, 16)
 
+
+
+@pytest.fixture(scope="module")
+def whole_card(tmp_path_factory) -> Path:
+    return export_tiny_genesis_basicunet(tmp_path_factory.mktemp("genesis"))
+
+
+def test_fit_segmenter_whole_transfer_loads_the_decoder_and_reports(whole_card, cubes, tmp_path, one_thread):
+    module = SegmentationFinetuner(num_classes=2, encoder=whole_card, roi_size=ROI, transfer="whole")
+    decoder = load_decoder_state(whole_card)[0]
+    net = module.net.state_dict()
+    assert all(torch.equal(net[k], v) for k, v in decoder.items() if not k.startswith("final_conv."))
+    assert module.hparams["decoder"] == {"upsample": "deconv"} and module.hparams["transfer"] == "whole"
+    with pytest.raises(SegmentationDataError, match="differs from the pretrained decoder's 'deconv'"):
+        SegmentationFinetuner(num_classes=2, encoder=whole_card, roi_size=ROI, transfer="whole",
+                              decoder={"upsample": "nontrainable"})
+
+    out = fit_segmenter(whole_card, None, cubes[:2], cubes[:2], cubes[2:], num_classes=2, roi_size=ROI, epochs=1,
+                        batch_size=2, patience=None, seed=0, cache_dir=tmp_path / "cache", transfer="whole")
+    n_enc = len(load_encoder_state(whole_card)[0])
+    assert out["transfer"] == "whole" and out["network"]["options"] == {"upsample": "deconv"}
+    assert out["load_report"]["keys"] == {"encoder": n_enc, "decoder": len(decoder) - 2, "reinitialised": 2}
+    assert set(out["load_report"]["reinitialised"]) == {"final_conv.weight", "final_conv.bias"}
+    assert 0.0 <= out["metrics"]["mean_dice"] <= 1.0 and json.loads(json.dumps(out)) == out
+
+
+def test_whole_transfer_needs_a_card_with_a_decoder(card, cubes, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("volumes were checked before the card was refused")
+
+    monkeypatch.setattr(seg_fit, "check_cases", never)  # refused before any volume is read
+    with pytest.raises(MissingDecoderError, match="holds no decoder"):
+        fit_segmenter(card, None, cubes[:1], cubes[1:2], cubes[2:], num_classes=2, roi_size=ROI,
+                      cache_dir=tmp_path, transfer="whole")
+    with pytest.raises(ValueError, match="give an encoder card"):
+        fit_segmenter(None, {"name": "basicunet", "kwargs": UNET}, cubes[:1], cubes[1:2], cubes[2:], num_classes=2,
+                      roi_size=ROI, plan=CT.to_dict(), cache_dir=tmp_path, transfer="whole")
 
 @pytest.mark.realdata
 def test_hippocampus_basicunet_from_scratch(shared_data, tmp_path, one_thread):

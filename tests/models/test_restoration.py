@@ -1,12 +1,13 @@
 """Restoration decoder: image-shaped output from every CNN registry encoder, 2D and 3D, odd sizes, with and without
-skip connections; clear errors for encoders without multi-scale features."""
+skip connections; clear errors for encoders without multi-scale features; the BasicUNet (dense) decoder option."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from medssl.models.registry import build_encoder
-from medssl.models.restoration import RestorationDecoder, RestorationModel
+from medssl.models.restoration import DenseDecoderError, RestorationDecoder, RestorationModel
+from medssl.models.unet import BasicUNetDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,3 +52,34 @@ def test_bad_arguments():
         RestorationDecoder(2, [4, 8], out_activation="tanh")
     with pytest.raises(ValueError, match="expected 2 feature maps"):
         RestorationDecoder(2, [4, 8])([torch.randn(1, 4, 4, 4)], (4, 4))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_basicunet_decoder_restores_with_sigmoid_and_trains_both_halves(spatial_dims):
+    torch.manual_seed(0)
+    encoder = build_encoder("basicunet", {"in_channels": 2, "spatial_dims": spatial_dims,
+                                          "features": [4, 4, 8, 8, 16, 4]})
+    model = RestorationModel(encoder, out_activation="sigmoid", decoder="basicunet")
+    assert isinstance(model.decoder, BasicUNetDecoder) and model.dense_decoder is model.decoder
+    assert model.decoder.final_conv.out_channels == 2  # restores the image channels
+    x = torch.rand(2, 2, *(36, 20, 16)[:spatial_dims])  # odd pooling sizes: BasicUNet pads, the shape is kept
+    y = model(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    torch.nn.functional.mse_loss(y, x).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert RestorationModel(build_encoder("basicunet", {"spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]})) \
+        .dense_decoder is None  # the default restoration decoder is not a segmenter's: nothing to export
+
+
+def test_dense_decoder_refuses_other_encoders_and_settings():
+    resnet = build_encoder(*CASES[0][:2])
+    with pytest.raises(DenseDecoderError, match="needs a 'basicunet' encoder") as err:
+        RestorationModel(resnet, decoder="basicunet")
+    assert err.value.reason.value == "bad_config"
+    unet = build_encoder("basicunet", {"spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]})
+    with pytest.raises(DenseDecoderError, match="skips"):
+        RestorationModel(unet, skips=False, decoder="basicunet")
+    with pytest.raises(DenseDecoderError, match="upsample"):
+        RestorationModel(unet, decoder="basicunet", upsample="bilinear")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        RestorationModel(unet, decoder="unet")

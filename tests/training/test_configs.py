@@ -5,6 +5,7 @@ import contextlib
 import io
 
 import pytest
+import yaml
 
 from medssl.training.cli import PretrainCLI
 from tests.conftest import REPO
@@ -47,3 +48,14 @@ def test_config_parses(config):
     assert exit_info.value.code == 0
     resolved = out.getvalue()
     assert "class_path: medssl.ssl." in resolved and "source:" in resolved
+
+
+def test_hippocampus_genesis_pretrains_the_segmenters_decoder():
+    # the protocol's 'whole' method needs the decoder exported: the recipe must build MONAI BasicUNet's decoder
+    from medssl.models.unet import BasicUNetDecoder
+    from medssl.ssl.genesis import ModelsGenesis
+
+    config = yaml.safe_load((REPO / "configs/pretrain/hippocampus/genesis_basicunet_cpu.yaml").read_text())
+    args = {k: v for k, v in config["model"]["init_args"].items() if k != "optim"}
+    assert args["decoder"] == "basicunet"
+    assert isinstance(ModelsGenesis(**args).dense_decoder, BasicUNetDecoder)

@@ -1,6 +1,7 @@
 """Models Genesis and the denoising autoencoder through the pretraining CLI: the tiny configs run end to end, write
-input / transformed / restored grids and export the encoder alone; resume is bitwise exact (all corruption
-randomness comes from the per-step generator); the MedMNIST method files compose with both data overlays."""
+input / transformed / restored grids and export the encoder alone (with ``decoder: basicunet`` also the decoder, which
+then loads into a segmentation BasicUNet); resume is bitwise exact (all corruption randomness comes from the
+per-step generator); the MedMNIST method files compose with both data overlays."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,9 @@ import json
 import pytest
 import torch
 
+from medssl.models.dense_transfer import load_whole_network
 from medssl.models.hub import load_encoder
+from medssl.models.segmenter import build_segmenter
 from medssl.training.cli import PretrainCLI
 from tests.training.phantom_runs import CONFIGS, assert_exact_resume, pretrain_args
 
@@ -35,11 +38,30 @@ def test_tiny_config_runs_end_to_end(config, tmp_path, data_dirs, one_thread):
     assert "train/corrupted_mse_step" in (run / "metrics.csv").read_text().splitlines()[0]
     card = json.loads((run / "encoder.json").read_text())
     assert card["method"] == cli.model.method_name
+    assert "decoder" not in card and not (run / "decoder.safetensors").exists()  # the default decoder is discarded
     report = load_encoder(run / "encoder.json")
     assert not report.missing and not report.unexpected
     exported = cli.model.encoder_module.state_dict()
     assert exported.keys() == report.module.state_dict().keys()
     assert all(torch.equal(exported[k], v) for k, v in report.module.state_dict().items())
+
+
+def test_genesis_with_the_basicunet_decoder_exports_it_for_whole_transfer(tmp_path, data_dirs, one_thread):
+    run = tmp_path / "run"
+    unet = '{in_channels: 1, spatial_dims: 3, features: [4, 4, 8, 8, 16, 4], norm: batch}'
+    cli = PretrainCLI(args=pretrain_args(
+        "genesis3d_tiny.yaml", run, data_dirs, "--model.init_args.encoder=basicunet",
+        f"--model.init_args.encoder_kwargs={unet}", "--model.init_args.decoder=basicunet",
+        "--data.patch_size=[32,32,32]", "--trainer.limit_train_batches=2"))
+    card = json.loads((run / "encoder.json").read_text())
+    record = card["decoder"]
+    assert record["file"] == "decoder.safetensors" and (run / "decoder.safetensors").is_file()
+    assert record["network"] == "BasicUNet" and record["upsample"] == "deconv" and record["out_activation"] == "sigmoid"
+    net = build_segmenter(card["architecture"], num_classes=2, spatial_dims=3, in_channels=1, img_size=32)
+    report = load_whole_network(run / "encoder.json", into=net)
+    decoder = cli.model.dense_decoder.state_dict()
+    assert report.key_sources()["decoder"] == len(decoder) - 2 == record["num_tensors"] - 2
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in decoder.items() if not k.startswith("final_conv."))
 
 
 def test_genesis_exact_resume(tmp_path, data_dirs, one_thread):
