@@ -38,7 +38,9 @@ def out(tmp_path_factory) -> Path:
 def test_every_output_exists(out):
     for rel in ("metrics.json", "report.md", "index/files.csv", "index/series.csv", "index/index.json",
                 "pretrain/encoder.json", "pretrain/encoder.safetensors", "pretrain/metrics.csv",
-                "finetune/pretrained_seed0/checkpoints/best.ckpt", "finetune/scratch_seed0/checkpoints/best.ckpt",
+                "finetune/runs/finetune_n2_seed0/checkpoints/best.ckpt", "finetune/runs/scratch_n2_seed0/checkpoints/best.ckpt",
+                "finetune/split.json", "finetune/label_efficiency_phantoms.json", "finetune/label_efficiency_phantoms.md",
+                "finetune/label_efficiency_phantoms.png",
                 "figures/pretraining_curves.png", "figures/segmentation_overlays.png",
                 "data/study/nifti/dataset.json"):
         assert (out / rel).is_file(), rel
@@ -64,8 +66,12 @@ def test_metrics_record(out):
     assert pretrained["load_report"]["matched"] > 0 and scratch["load_report"] is None
     assert pretrained["encoder_sha256"] == m["pretraining"]["weights_sha256"]
     assert math.isclose(ft["dice_gain"]["mean"], pretrained["metrics"]["mean_dice"] - scratch["metrics"]["mean_dice"])
+    # one seed: a paired gain but no interval, so no claim ("tie")
+    assert ft["dice_gain"]["ci_low"] is None and ft["dice_gain"]["verdict"] == "tie"
+    assert {row["metric"] for row in ft["paired"]} == {"dice", "dice_organ", "dice_tumour"}
+    assert ft["methods"] == {"pretrained": QUICK.transfer, "scratch": "scratch"}
     split = ft["split"]
-    assert set(ft["labelled_cases"]) <= set(split["train"])
+    assert set(ft["labelled_cases"]["0"]) <= set(split["train"]) and len(ft["labelled_cases"]["0"]) == QUICK.n_labelled
     assert not set(split["train"]) & set(split["test"])
     for stage in ("data", "index", "pretrain", "finetune", "report", "total"):
         assert m["wall_s"][stage] >= 0
@@ -78,6 +84,7 @@ def test_report_links_existing_pngs(out):
     for link in links:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
     assert "| pretrained |" in text and "| scratch |" in text
+    assert "| mean Dice | " in text and "[n/a: one seed]" in text  # the paired-gain table
 
 
 def test_no_patient_data_in_any_text_output(out):

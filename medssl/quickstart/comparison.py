@@ -1,21 +1,26 @@
-"""Few-label fine-tuning from the pretrained encoder versus the same network from scratch, over several seeds.
+"""Few-label fine-tuning from the pretrained network versus the same network from scratch, through the segmentation
+protocol and its paired statistics.
 
-:func:`finetune_vs_scratch` draws one recorded split of the labelled study by case
-(:func:`~medssl.finetune.seg_cases.split_cases`) and its labelled training cases
-(:func:`~medssl.finetune.seg_cases.labelled_subset`), then for every seed trains two arms with
-:func:`~medssl.finetune.seg_fit.fit_segmenter`:
+:func:`finetune_vs_scratch` runs :func:`medssl.finetune.seg_protocol.run_seg_protocol` on the labelled study: one
+recorded split by case (``finetune/split.json``), ``n_labelled`` labelled training cases drawn per seed, and two
+methods trained with the same cases, crops, steps and learning rate on every seed:
 
-* ``pretrained``: the encoder card's MONAI segmenter, encoder weights loaded (decoder random);
-* ``scratch``: the same network from random weights, the data prepared with the card's plan;
+* ``pretrained``: the protocol method ``s.transfer`` (``whole``: the pretrained encoder *and* decoder in the MONAI
+  segmenter, only the output layer new, the Models Genesis recipe; ``finetune``: the encoder only);
+* ``scratch``: the same network from random weights, the data prepared with the card's plan.
 
-with the same labelled cases, crops, steps, learning rate and seed. The best epoch is chosen on the validation cases;
-every number is on the held-out test cases. A seed changes the network initialisation and the crops, so the spread
-over seeds shows how much of a difference is luck. The first seed's models segment the overlay cases.
+The best epoch is chosen on the validation cases; every number is on the held-out test cases. A seed changes the
+labelled subset (when there are more training cases than labels), the initialisation of the new layers and the
+crops, so the spread over seeds shows how much of a difference is luck; the comparison is paired
+(:func:`medssl.eval.paired.paired_gains`: mean gain, 95% bootstrap CI, seeds won). The protocol's own report
+(``finetune/label_efficiency_phantoms.{json,md,png}``) lies beside the runs. The first seed's models segment the
+overlay cases.
 """
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,76 +29,77 @@ import numpy as np
 from medssl.finetune.trainer import quiet_lightning
 from medssl.quickstart.settings import QuickstartSettings
 
-__all__ = ["ARMS", "finetune_vs_scratch", "summarise_runs"]
+__all__ = ["ARMS", "DATASET", "finetune_vs_scratch", "summarise_runs"]
 
 ARMS = ("pretrained", "scratch")
+#: the protocol's dataset name: its outputs are ``finetune/label_efficiency_phantoms.*``
+DATASET = "phantoms"
+PAIRED_METRICS = ("dice", "dice_organ", "dice_tumour")
 
 
 def finetune_vs_scratch(card: Path, study: Path, out_dir: Path, cache_dir: Path, s: QuickstartSettings, *,
-                        progress: bool, on_run: Callable[[str], None] | None = None,
-                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Both arms for every seed of ``s.seeds``; return (record, overlay cases).
+                        progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Both arms for every seed of ``s.seeds`` through the segmentation protocol; return (record, overlay cases).
 
-    The record: label names, the split, the labelled case ids, per arm the runs (``fit_segmenter`` results, one per
-    seed) and their summary (:func:`summarise_runs`), and the per-seed and mean Dice gain of ``pretrained`` over
-    ``scratch``. Overlay cases: the first ``s.overlay_cases`` test volumes (plan grid) with the reference and each
-    arm's prediction, as numpy arrays.
+    The record: label names, the split, the labelled case ids per seed, the protocol methods, per arm the runs
+    (``fit_segmenter`` results, one per seed) and their summary (:func:`summarise_runs`), the paired gains of
+    ``pretrained`` over ``scratch`` (``paired``: one row per metric of :data:`PAIRED_METRICS`) and ``dice_gain``
+    (the mean-Dice row in short). Overlay cases: the first ``s.overlay_cases`` test volumes (plan grid) with the
+    reference and each arm's prediction, as numpy arrays.
     """
     from medssl.data.cache import PreprocessCache
     from medssl.data.plan import PreprocessPlan
-    from medssl.finetune.seg_cases import (
-        cases_from_msd,
-        labelled_subset,
-        msd_label_names,
-        select_cases,
-        split_cases,
-    )
+    from medssl.eval.paired import paired_gains
+    from medssl.finetune.seg_cases import cases_from_msd, select_cases
     from medssl.finetune.seg_data import SegmentationVolumes
-    from medssl.finetune.seg_fit import fit_segmenter
+    from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
     from medssl.finetune.segmentation import SegmentationFinetuner
     from medssl.models.hub import read_card
 
-    cases, names = cases_from_msd(study / "nifti"), msd_label_names(study / "nifti")
-    split = split_cases(cases, s.n_val, s.n_test, seed=s.seed)
-    train, val, test = (select_cases(cases, split[p]) for p in ("train", "val", "test"))
-    labelled = labelled_subset(train, s.n_labelled, seed=s.seed)
-    card_json = read_card(card)[0]
-    plan = card_json["preprocessing"]["plan"]
-    common: dict[str, Any] = {
-        "label_names": names, "spatial_dims": 3, "roi_size": list(s.roi_size), "cache_dir": cache_dir,
-        "epochs": s.finetune_epochs, "min_steps": s.min_steps, "batch_size": s.batch_size, "lr": s.lr,
-        "patience": s.patience, "progress": progress}
+    methods = {"pretrained": s.transfer, "scratch": "scratch"}
+    cfg = SegProtocolConfig(
+        root=str(study / "nifti"), dataset=DATASET, split_file=str(out_dir / "split.json"), n_val=s.n_val,
+        n_test=s.n_test, split_seed=s.seed, encoder=str(card), counts=[s.n_labelled], seeds=list(s.seeds),
+        methods=[methods[a] for a in ARMS], spatial_dims=3, roi_size=list(s.roi_size), epochs=s.finetune_epochs,
+        min_steps=s.min_steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, warmup=s.warmup,
+        patience=s.patience, cache_dir=str(cache_dir), keep_checkpoints=True, plot=True).validate("quickstart")
+    with quiet_lightning():
+        run_seg_protocol(cfg, out_dir, progress=progress)
+    result = json.loads((out_dir / f"label_efficiency_{DATASET}.json").read_text())
+    root = out_dir.parent.resolve()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
-    models: dict[str, SegmentationFinetuner] = {}
-    for seed in s.seeds:
-        for arm in ARMS:
-            if on_run is not None:
-                on_run(f"{arm}, seed {seed}")
-            run_dir = out_dir / f"{arm}_seed{seed}"
-            with quiet_lightning():
-                if arm == "pretrained":
-                    run = fit_segmenter(card, None, labelled, val, test, seed=seed, run_dir=run_dir, **common)
-                else:
-                    run = fit_segmenter(None, card_json["architecture"], labelled, val, test, plan=plan, seed=seed,
-                                        run_dir=run_dir, **common)
-            if seed == s.seeds[0]:
-                models[arm] = SegmentationFinetuner.load_from_checkpoint(run["checkpoint"], map_location="cpu")
-            run["checkpoint"] = Path(run["checkpoint"]).resolve().relative_to(out_dir.parent.resolve()).as_posix()
-            runs[arm].append({"seed": seed, **run})
+    for run in result["runs"]:
+        arm = next(a for a in ARMS if methods[a] == run["method"])
+        run["checkpoint"] = Path(run["checkpoint"]).resolve().relative_to(root).as_posix()
+        runs[arm].append(run)
+    paired = [{**{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()},
+               "arm": "pretrained", "method": row["arm"]}  # NaN (one seed: no interval) is null in JSON
+              for row in paired_gains(result["records"], metrics=PAIRED_METRICS) if row["arm"] == methods["pretrained"]]
+    dice = next(row for row in paired if row["metric"] == "dice")
+    split = result["case_split"]
+    record = {
+        "label_names": result["label_names"], "split": split, "seeds": list(s.seeds), "methods": methods,
+        "labelled_cases": {str(r["seed"]): r["labelled_cases"] for r in runs["scratch"]},
+        "arms": {arm: {"summary": summarise_runs(runs[arm]), "runs": runs[arm]} for arm in ARMS},
+        "paired": paired,
+        "dice_gain": {"mean": dice["mean_gain"], "ci_low": dice["ci_low"], "ci_high": dice["ci_high"],
+                      "per_seed": dice["gains"], "seeds_better": dice["seeds_won"], "verdict": dice["verdict"]},
+        "protocol_report": (out_dir / f"label_efficiency_{DATASET}.md").resolve().relative_to(root).as_posix(),
+        "wall_s": result.get("wall_s"),
+    }
+    plan = read_card(card)[0]["preprocessing"]["plan"]
+    cases = cases_from_msd(study / "nifti")
+    test = select_cases(cases, split["test"])
     volumes = SegmentationVolumes(test[: s.overlay_cases], PreprocessCache(cache_dir, PreprocessPlan.from_dict(plan)))
+    first = {arm: SegmentationFinetuner.load_from_checkpoint(root / runs[arm][0]["checkpoint"], map_location="cpu")
+             for arm in ARMS}
     overlays = []
     for i in range(len(volumes)):
         item = volumes[i]
         overlays.append({"case_id": item["case_id"], "image": item["image"][0].numpy(),
                          "reference": item["label"][0].numpy().astype(np.uint8),
                          **{arm: m.predict_volume(item["image"]).numpy().astype(np.uint8)
-                            for arm, m in models.items()}})
-    gains = [p["metrics"]["mean_dice"] - q["metrics"]["mean_dice"] for p, q in zip(runs["pretrained"], runs["scratch"])]
-    record = {
-        "label_names": names, "split": split, "labelled_cases": [c.case_id for c in labelled], "seeds": list(s.seeds),
-        "arms": {arm: {"summary": summarise_runs(runs[arm]), "runs": runs[arm]} for arm in ARMS},
-        "dice_gain": {"mean": float(np.mean(gains)), "per_seed": gains, "seeds_better": int(sum(g > 0 for g in gains))},
-    }
+                            for arm, m in first.items()}})
     return record, overlays
 
 
@@ -113,4 +119,5 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "hd95": {n: _stats([m["hd95"][n] for m in metrics]) for n in labels},
             "best_epoch": [r["best_epoch"] for r in runs], "max_epochs": runs[0]["max_epochs"],
             "steps_per_epoch": runs[0]["steps_per_epoch"], "n_test": runs[0]["n_test"],
-            "network": runs[0]["network"]["architecture"]["name"], "wall_s": round(sum(r["wall_s"] for r in runs), 2)}
+            "network": runs[0]["network"]["architecture"]["name"], "transfer": runs[0].get("transfer"),
+            "wall_s": round(sum(r["wall_s"] for r in runs), 2)}

@@ -7,6 +7,7 @@ per case and arm). Everything in the report comes from the metrics record; nothi
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ def _pm(stats: dict[str, Any], digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+def ft_labelled(ft: dict[str, Any]) -> int:
+    """The number of labelled cases per seed."""
+    return len(next(iter(ft["labelled_cases"].values())))
+
+
 def write_report(out_dir: Path, metrics: dict[str, Any]) -> Path:
     """``report.md`` from the metrics record (see module docstring)."""
     idx, pre, ft, data = metrics["index"], metrics["pretraining"], metrics["finetune"], metrics["data"]
@@ -71,7 +77,7 @@ def write_report(out_dir: Path, metrics: dict[str, Any]) -> Path:
         (f"- pretraining archive: {archive['cases']} phantom CT series as DICOM ({archive['dicom_files']} files, "
          f"{archive['oblique']} oblique, {archive['flipped_slices']} with reversed slice order) plus NIfTI copies;"),
         (f"- labelled study: {data['study']['cases']} other phantoms (NIfTI + label maps: "
-         f"{', '.join(names)}), split by case: {len(split['train'])} train ({len(ft['labelled_cases'])} labelled), "
+         f"{', '.join(names)}), split by case: {len(split['train'])} train ({ft_labelled(ft)} labelled), "
          f"{len(split['val'])} validation, {len(split['test'])} test; none of them is in the pretraining archive;"),
         (f"- crawler: {idx['seen']} files seen = {idx['indexed']} indexed + {idx['skipped']} skipped "
          f"({reasons or 'none'}); {idx['series']} usable series, {idx['rejected_series']} rejected "
@@ -83,11 +89,13 @@ def write_report(out_dir: Path, metrics: dict[str, Any]) -> Path:
          f"scan(s) {_num(pre['val_loss_before'], 4)} -> {_num(pre['val_loss_after'], 4)}; encoder card "
          f"`{pre['encoder_card']}`."),
         "", "## Few-label segmentation: pretrained versus scratch", "",
-        (f"The same MONAI network ({first['network']}), the same {len(ft['labelled_cases'])} labelled cases, crops, "
+        (f"The same MONAI network ({first['network']}; pretrained arm: "
+         f"{'encoder and decoder' if ft['methods']['pretrained'] == 'whole' else 'encoder'} from pretraining, protocol "
+         f"method `{ft['methods']['pretrained']}`), {ft_labelled(ft)} labelled case(s), the same crops, "
          f"{first['max_epochs']} epochs ({first['steps_per_epoch']} step(s) each) and learning rate; "
-         f"{len(ft['seeds'])} seed(s) ({', '.join(map(str, ft['seeds']))}: network initialisation and crops); best "
-         f"epoch chosen on the validation cases; numbers on the {first['n_test']} held-out test cases (Dice; HD95 in "
-         "mm), mean ± std over seeds."), "",
+         f"{len(ft['seeds'])} seed(s) ({', '.join(map(str, ft['seeds']))}: labelled subset, initialisation and "
+         f"crops); best epoch chosen on the validation cases; numbers on the {first['n_test']} held-out test cases "
+         "(Dice; HD95 in mm), mean ± std over seeds."), "",
         "| init | mean Dice | " + " | ".join(f"Dice {n}" for n in names) + " | mean HD95 (mm) | "
         + " | ".join(f"HD95 {n}" for n in names) + " | wall s |",
         "|---|---:|" + "---:|" * len(names) + "---:|" + "---:|" * len(names) + "---:|",
@@ -97,11 +105,18 @@ def write_report(out_dir: Path, metrics: dict[str, Any]) -> Path:
         lines.append(f"| {arm} | {_pm(m['mean_dice'])} | " + " | ".join(_pm(m["dice"][n]) for n in names)
                      + f" | {_pm(m['mean_hd95'], 1)} | " + " | ".join(_pm(m["hd95"][n], 1) for n in names)
                      + f" | {m['wall_s']:.0f} |")
-    gain = ft["dice_gain"]
-    per_seed = ", ".join(f"seed {s}: {g:+.3f}" for s, g in zip(ft["seeds"], gain["per_seed"]))
-    lines += ["", (f"Mean Dice gain from pretraining: **{gain['mean']:+.3f}** ({per_seed}; pretrained better on "
-                   f"{gain['seeds_better']} of {len(ft['seeds'])} seeds)."),
-              "", "## Wall time per stage (s)", "", "| stage | s |", "|---|---:|"]
+    lines += ["", "Paired gain of the pretrained arm over scratch (same labelled cases and seed; mean over seeds, 95% "
+              "bootstrap CI; **better**: the CI lies above zero, **tie**: it contains zero):", "",
+              "| metric | mean gain [95% CI] | per seed | seeds won | verdict |", "|---|---|---|---:|---|"]
+    for row in ft["paired"]:
+        per_seed = ", ".join(f"{g:+.3f}" for g in row["gains"])
+        ci = (f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]" if row["ci_low"] is not None
+              and math.isfinite(row["ci_low"]) else "[n/a: one seed]")
+        title = "mean Dice" if row["metric"] == "dice" else row["metric"].replace("dice_", "Dice ")
+        lines.append(f"| {title} | {row['mean_gain']:+.3f} {ci} | {per_seed} | {row['seeds_won']}/{row['n_pairs']} | "
+                     f"{row['verdict']} |")
+    lines += ["", f"The protocol's own report: `{ft['protocol_report']}`."]
+    lines += ["", "## Wall time per stage (s)", "", "| stage | s |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in metrics["wall_s"].items()]
     titles = {"pretraining_curves": "Pretraining curves",
               "reconstructions": "Reconstructions (input / masked / output)",

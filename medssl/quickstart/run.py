@@ -7,8 +7,9 @@ Output folder::
     index/                 crawler manifests of data/archive (files.csv, series.csv, index.json ...)
     cache/                 preprocessing cache (content-hashed; reused by a re-run)
     pretrain/              pretraining run: config.yaml, metrics.csv, checkpoints/, encoder.json + .safetensors
-    finetune/pretrained_seedN/  fine-tuned from the encoder, one folder per seed: checkpoints/best.ckpt, metrics.csv
-    finetune/scratch_seedN/     the same network from random weights
+    finetune/              the segmentation protocol: split.json, label_efficiency_phantoms.{json,md,png} (paired
+                           gains), runs/<method>_n<labelled>_seed<N>/ (checkpoints/best.ckpt, metrics.csv) for the
+                           pretrained arm's method and scratch
     figures/*.png          pretraining curves, test-case segmentation overlays
     metrics.json           settings, data, index accounting, pretraining summary, both arms' test metrics, seconds
     report.md              the same as a readable report with the figures
@@ -109,8 +110,7 @@ def run_quickstart(out_dir: str | Path, *, quick: bool = False, progress: bool =
         done("pretrain", t0)
         t0 = stage("finetune", f"{s.n_labelled} labelled cases")
         ft, overlays = finetune_vs_scratch(out / "pretrain" / "encoder.json", out / "data" / "study",
-                                           out / "finetune", out / "cache", s, progress=progress,
-                                           on_run=lambda what: bar.set_postfix_str(f"{s.n_labelled} labelled, {what}"))
+                                           out / "finetune", out / "cache", s, progress=progress)
         done("finetune", t0)
         seconds.update({f"finetune_{arm}": ft["arms"][arm]["summary"]["wall_s"] for arm in ARMS})
         t0 = stage("report")

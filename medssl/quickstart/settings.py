@@ -27,9 +27,10 @@ class QuickstartSettings:
     Pretraining: the engine's LightningCLI with ``pretrain_config`` (a file in :data:`CONFIG_DIR`) plus
     ``pretrain_overrides`` (dotted ``--key=value`` arguments), for ``pretrain_epochs`` epochs.
 
-    Fine-tuning: the card's MONAI segmenter from the pretrained encoder and the same network from scratch, same data,
-    crops (``roi_size``), epochs, ``min_steps`` and learning rate, once per seed in ``seeds``
-    (:func:`medssl.finetune.seg_fit.fit_segmenter`).
+    Fine-tuning: the segmentation protocol (:func:`medssl.finetune.seg_protocol.run_seg_protocol`) with the
+    pretrained arm's method ``transfer`` (``whole``: encoder and decoder, needs a card with a dense decoder;
+    ``finetune``: encoder only) and ``scratch``, the same network, data, crops (``roi_size``), epochs,
+    ``min_steps``, learning rate, weight decay and warmup, once per seed in ``seeds``.
     """
 
     archive_cases: int = 16
@@ -48,6 +49,9 @@ class QuickstartSettings:
     min_steps: int = 60
     batch_size: int = 2
     lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    transfer: str = "finetune"
     patience: int | None = None
     overlay_cases: int = 3
     #: torch intra-op threads while running (None: torch's default). One: these small 3D convolutions gain little from
@@ -63,6 +67,9 @@ class QuickstartSettings:
                              f"study_cases={self.study_cases}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"need at least one fine-tuning seed, without repeats, got {self.seeds}")
+        if self.transfer not in ("finetune", "whole"):
+            raise ValueError(f"transfer must be 'finetune' (encoder only) or 'whole' (encoder and decoder), got "
+                             f"{self.transfer!r}")
         if self.archive_cases < 2 or self.pretrain_epochs < 1 or self.finetune_epochs < 1:
             raise ValueError("need archive_cases >= 2 (one is held out for the validation loss) and >= 1 epochs")
 
