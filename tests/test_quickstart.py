@@ -38,7 +38,7 @@ def out(tmp_path_factory) -> Path:
 def test_every_output_exists(out):
     for rel in ("metrics.json", "report.md", "index/files.csv", "index/series.csv", "index/index.json",
                 "pretrain/encoder.json", "pretrain/encoder.safetensors", "pretrain/metrics.csv",
-                "finetune/runs/finetune_n2_seed0/checkpoints/best.ckpt", "finetune/runs/scratch_n2_seed0/checkpoints/best.ckpt",
+                "finetune/runs/whole_n2_seed0/checkpoints/best.ckpt", "finetune/runs/scratch_n2_seed0/checkpoints/best.ckpt",
                 "finetune/split.json", "finetune/label_efficiency_phantoms.json", "finetune/label_efficiency_phantoms.md",
                 "finetune/label_efficiency_phantoms.png",
                 "figures/pretraining_curves.png", "figures/segmentation_overlays.png",

@@ -41,17 +41,17 @@ class QuickstartSettings:
     shape: tuple[int, int, int] = (64, 64, 48)
     seed: int = 0  # phantoms, split, labelled cases, pretraining
     seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning seeds (network initialisation and crops), both arms
-    pretrain_config: str = "simclr_basicunet.yaml"
-    pretrain_epochs: int = 30
+    pretrain_config: str = "genesis_basicunet.yaml"
+    pretrain_epochs: int = 25
     pretrain_overrides: tuple[str, ...] = ()
     roi_size: tuple[int, int, int] = (32, 32, 32)
     finetune_epochs: int = 5
-    min_steps: int = 60
+    min_steps: int = 150
     batch_size: int = 2
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: float = 0.1
-    transfer: str = "finetune"
+    transfer: str = "whole"
     patience: int | None = None
     overlay_cases: int = 3
     #: torch intra-op threads while running (None: torch's default). One: these small 3D convolutions gain little from
@@ -82,8 +82,6 @@ FULL = QuickstartSettings()
 QUICK = QuickstartSettings(
     archive_cases=3, study_cases=4, n_val=1, n_test=1, n_labelled=2, shape=(40, 40, 24), pretrain_epochs=1,
     pretrain_overrides=("--data.patch_size=[32,32,16]", "--data.batch_size=2",
-                        "--model.init_args.encoder_kwargs.features=[4,4,8,8,16,4]",
-                        "--model.init_args.proj_hidden_dim=16", "--model.init_args.proj_dim=8",
-                        "--data.views.init_args.global_size=[32,32,16]"),
+                        "--model.init_args.encoder_kwargs.features=[4,4,8,8,16,4]"),
     seeds=(0,), roi_size=(32, 32, 16), finetune_epochs=1, min_steps=0, overlay_cases=1,
 )
