@@ -94,7 +94,8 @@ def paired_gains(records: Sequence[dict[str, Any]], *, baseline: str = "scratch"
         records: protocol records (``method``, ``fraction`` / ``count`` / ``per_class``, ``n_labelled``, ``seed``,
             ``metric``, ``value``). Runs pair on (budget, seed): the protocols draw one label subset per budget and
             seed and give it to every method. Records with a ``pretrain_seed`` (several pretraining runs of one
-            arm) are separate replicates, each paired with the baseline's run of the same budget and seed.
+            arm) are averaged per seed first: the pair is (mean of the arm's runs on that subset, the baseline's
+            run), one per seed, so the baseline's single run is not counted as several independent pairs.
         baseline: the arm every other arm is compared with.
         metrics: the metrics to compare (default: all).
         arm: the arm name of a record (default ``record["method"]``; the benchmark harness names arms by pretraining
@@ -102,8 +103,8 @@ def paired_gains(records: Sequence[dict[str, Any]], *, baseline: str = "scratch"
         confidence, n_resamples: of the bootstrap interval.
 
     Rows: ``arm``, ``baseline``, ``budget`` (``(kind, value)``), ``fraction`` / ``count`` / ``per_class``,
-    ``n_labelled`` (mean), ``metric``, ``n_pairs``, ``seeds`` (paired: the seed, or ``[pretrain_seed, seed]``),
-    ``gains`` (per pair), ``mean_gain``,
+    ``n_labelled`` (mean), ``metric``, ``n_pairs``, ``seeds`` (paired), ``replicates`` (the arm's runs averaged per
+    seed), ``gains`` (per seed), ``mean_gain``,
     ``ci_low``, ``ci_high``, ``confidence``, ``seeds_won``, ``verdict``, ``arm_mean``, ``baseline_mean``.
     Pairs where either value is undefined (None/NaN) are left out and counted in ``n_undefined``. Rows keep the order
     in which arms first appear, then budget order.
@@ -126,17 +127,20 @@ def paired_gains(records: Sequence[dict[str, Any]], *, baseline: str = "scratch"
             continue
         base = {seed: v for (_, seed), v in base_runs.items()}
         sign = 1.0 if higher_is_better(metric) else -1.0
-        seeds, gains, mine, theirs, undefined = [], [], [], [], 0
-        for replicate in sorted(values, key=lambda k: (k[0] is not None, k[0] or 0, k[1])):
-            if replicate[1] not in base:
-                continue
-            v, b = values[replicate], base[replicate[1]]
-            if v is None or b is None or not (math.isfinite(v) and math.isfinite(b)):
+        seeds, gains, mine, theirs, undefined, replicates = [], [], [], [], 0, []
+        for seed in sorted({k[1] for k in values} & set(base)):
+            # the arm's runs on this seed's label subset (one per pretraining run), averaged: the pairing unit is the
+            # subset, so the interval does not count one scratch run several times as independent evidence
+            runs = [values[k] for k in values if k[1] == seed]
+            b = base[seed]
+            if b is None or not math.isfinite(b) or any(v is None or not math.isfinite(v) for v in runs):
                 undefined += 1
                 continue
-            seeds.append(replicate[1] if replicate[0] is None else list(replicate))
-            gains.append(sign * (float(v) - float(b)))
-            mine.append(float(v))
+            v = float(np.mean(runs))
+            seeds.append(seed)
+            replicates.append(len(runs))
+            gains.append(sign * (v - float(b)))
+            mine.append(v)
             theirs.append(float(b))
         low, high = bootstrap_mean_ci(gains, confidence, n_resamples)
         kind, size = budget
@@ -145,7 +149,7 @@ def paired_gains(records: Sequence[dict[str, Any]], *, baseline: str = "scratch"
             "fraction": size if kind == "fraction" else None, "count": int(size) if kind == "count" else None,
             "per_class": int(size) if kind == "per_class" else None,
             "n_labelled": float(np.mean(n_labelled[(budget, metric)])), "metric": metric,
-            "n_pairs": len(gains), "n_undefined": undefined, "seeds": seeds, "gains": gains,
+            "n_pairs": len(gains), "n_undefined": undefined, "seeds": seeds, "replicates": replicates, "gains": gains,
             "mean_gain": float(np.mean(gains)) if gains else math.nan, "ci_low": low, "ci_high": high,
             "confidence": confidence, "seeds_won": int(sum(g > 0 for g in gains)), "verdict": verdict(low, high),
             "arm_mean": float(np.mean(mine)) if mine else math.nan,
