@@ -125,7 +125,9 @@ def paired_table(records: Sequence[dict[str, Any]], metrics: Sequence[str], *, b
     lines = [f"## {title or f'Paired gain over {baseline}'}", "",
              f"Gain = arm − {baseline} on the same label subset and seed (for HD95, {baseline} − arm: positive is "
              "better); mean over the paired seeds with its 95% bootstrap CI. **better** / **worse**: the CI lies above"
-             " / below zero; **tie**: it contains zero.", "",
+             " / below zero; **tie**: it contains zero."
+             + (" Arms pretrained several times: each seed's value is the mean over its pretraining runs, so a pair"
+                " is one label subset." if any(max(r["replicates"], default=1) > 1 for r in rows) else ""), "",
              "| arm | labels | metric | pairs | arm mean | " + baseline + " mean | mean gain [95% CI] | seeds won | verdict |",
              "|---|---|---|---:|---:|---:|---|---:|---|"]
     for r in rows:
