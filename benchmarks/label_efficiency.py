@@ -63,6 +63,7 @@ VIEW_OVERRIDE = "data.views.init_args."  # --pretrain-override prefix the peer's
 CLS_EVALS = ("finetune", "linear_probe", "knn")
 METRIC = {"cls": "auroc", "seg": "dice"}
 FEW_PER_CLASS, MIN_SEEDS_FEW = 10, 5  # the issue: at <= 10 labelled images per class, use >= 5 seeds
+FEW_CASES = 5  # and at <= 5 labelled segmentation cases
 
 
 @dataclass(frozen=True)
@@ -383,15 +384,17 @@ def _summary(records: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]
     return summarise([r for r in records if r["metric"] == metric])
 
 
-def seed_warning(per_class: list[int], seeds: list[int]) -> str | None:
-    """The warning for per-class budgets of at most ``FEW_PER_CLASS`` images run with fewer than
-    ``MIN_SEEDS_FEW`` seeds (None when there is nothing to warn about)."""
+def seed_warning(per_class: list[int], seeds: list[int], counts: list[int] | None = None) -> str | None:
+    """The warning for per-class budgets of at most ``FEW_PER_CLASS`` images, or segmentation budgets of at most
+    ``FEW_CASES`` cases, run with fewer than ``MIN_SEEDS_FEW`` seeds (None when there is nothing to warn about)."""
     few = sorted(k for k in per_class if k <= FEW_PER_CLASS)
-    if not few or len(set(seeds)) >= MIN_SEEDS_FEW:
+    few_cases = sorted(c for c in counts or [] if c <= FEW_CASES)
+    if not (few or few_cases) or len(set(seeds)) >= MIN_SEEDS_FEW:
         return None
-    return (f"warning: per-class budget(s) {few} (<= {FEW_PER_CLASS} labelled images per class) with "
-            f"{len(set(seeds))} seed(s) {sorted(set(seeds))}: use >= {MIN_SEEDS_FEW} seeds (--seeds); with so few "
-            "labels the subset drawn moves the result a lot")
+    what = (f"per-class budget(s) {few} (<= {FEW_PER_CLASS} labelled images per class)" if few else
+            f"labelled-case budget(s) {few_cases} (<= {FEW_CASES} cases)")
+    return (f"warning: {what} with {len(set(seeds))} seed(s) {sorted(set(seeds))}: use >= {MIN_SEEDS_FEW} seeds "
+            "(--seeds); with so few labels the subset drawn moves the result a lot")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -493,9 +496,9 @@ def run_dataset(ds: Dataset, args: argparse.Namespace, work: Path) -> dict[str, 
     if ds.kind == "seg" and per_class:
         print(f"note: --per-class is skipped for {ds.name} (classification datasets only)", flush=True)
         per_class = []
-    if not args.quick and (warning := seed_warning(per_class, seeds)):
-        print(warning, file=sys.stderr, flush=True)
     counts = list(args.counts or ds.counts)[:1 if args.quick else None]
+    if not args.quick and (warning := seed_warning(per_class, seeds, counts if ds.kind == "seg" else None)):
+        print(warning, file=sys.stderr, flush=True)
     epochs = 1 if args.quick else args.epochs
     info = machine()
     info["versions"]["lightly"] = _version("lightly")

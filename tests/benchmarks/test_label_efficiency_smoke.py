@@ -97,6 +97,8 @@ def test_seed_warning_for_few_labels_per_class():
     assert "use >= 5 seeds" in bench.seed_warning([1, 20], [0, 1, 2]) and "[1]" in bench.seed_warning([1], [0])
     assert bench.seed_warning([1, 5, 10], [0, 1, 2, 3, 4]) is None
     assert bench.seed_warning([11, 50], [0]) is None and bench.seed_warning([], [0]) is None
+    assert "labelled-case budget(s) [1, 2]" in bench.seed_warning([], [0, 1, 2], [1, 2, 20])
+    assert bench.seed_warning([], [0, 1, 2, 3, 4], [1]) is None and bench.seed_warning([], [0], [20]) is None
 
 
 def test_per_class_reaches_every_arm_and_replaces_the_default_fractions(tmp_path, monkeypatch, capsys):
