@@ -28,8 +28,8 @@ import numpy as np
 
 __all__ = ["MIN_PAIRS", "bootstrap_mean_ci", "budget_key", "higher_is_better", "paired_gains", "verdict"]
 
-#: fewer pairs than this give no interval (and the verdict "tie")
-MIN_PAIRS = 2
+#: fewer pairs than this give no interval (and the verdict "tie"): a bootstrap of two values only spans them
+MIN_PAIRS = 3
 #: metrics where a smaller value is better (a gain is then baseline - arm)
 LOWER_IS_BETTER_PREFIXES = ("hd95", "loss", "error")
 

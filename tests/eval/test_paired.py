@@ -54,8 +54,9 @@ def test_bootstrap_interval_close_to_a_naive_percentile_bootstrap():
 
 def test_degenerate_and_short_inputs():
     assert bootstrap_mean_ci([0.2, 0.2, 0.2]) == (0.2, 0.2)
-    low, high = bootstrap_mean_ci([0.3])
-    assert math.isnan(low) and math.isnan(high) and verdict(low, high) == "tie"
+    for short in ([0.3], [0.1, 0.2]):  # two values: their bootstrap only spans them, no interval is claimed
+        low, high = bootstrap_mean_ci(short)
+        assert math.isnan(low) and math.isnan(high) and verdict(low, high) == "tie"
     assert verdict(-0.01, 0.02) == "tie" and verdict(0.001, 0.02) == "better" and verdict(-0.2, -0.1) == "worse"
 
 
@@ -66,6 +67,7 @@ def test_lower_is_better_metrics_flip_the_sign_and_undefined_pairs_are_left_out(
                 _rec("finetune", 2, None, metric="hd95")]
     (row,) = paired_gains(records)
     assert row["gains"] == [2.0, 3.0] and row["n_undefined"] == 1 and row["n_pairs"] == 2
+    assert row["verdict"] == "tie" and math.isnan(row["ci_low"])
 
 
 def test_tie_when_the_interval_contains_zero():
