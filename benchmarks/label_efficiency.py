@@ -462,12 +462,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any], out: Path) -> None:
+def write_report(report: dict[str, Any], out: Path, name: str | None = None) -> None:
+    """``<name>.{json,md,png}`` in ``out`` (name: ``label_efficiency_<dataset>[_<tag>][_quick]``)."""
     from medssl.data.atomic import atomic_write_json, atomic_write_text
     from medssl.eval.label_efficiency import label_efficiency_plot
 
-    tag, quick = report["settings"]["tag"], report["settings"]["quick"]
-    name = f"label_efficiency_{report['dataset']}" + (f"_{tag}" if tag else "") + ("_quick" if quick else "")
+    tag, quick = report["settings"].get("tag"), report["settings"].get("quick")
+    name = name or f"label_efficiency_{report['dataset']}" + (f"_{tag}" if tag else "") + ("_quick" if quick else "")
     atomic_write_json(out / f"{name}.json", report)
     atomic_write_text(out / f"{name}.md", markdown(report))
     if any(r["metric"] == report["metric"] for r in report["records"]):
@@ -611,7 +612,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 epoch x 2 steps, 1 seed, 1 budget (smoke test)")
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_label_efficiency"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                        help="only rewrite the .md and .png of these result files from their records (after a change "
+                             "of the report code); runs nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        for path in map(Path, args.render):
+            report = json.loads(path.read_text())
+            write_report(report, path.parent, name=path.stem)
+            print(f"rendered {path.with_suffix('.md')}", flush=True)
+        return 0
     args.finetune_override_map = dict(_parse_override(t) for t in args.finetune_override)
     args.protocol_override_map = dict(_parse_override(t) for t in args.protocol_override)
     for name in args.datasets:

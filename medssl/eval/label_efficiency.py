@@ -191,9 +191,13 @@ def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
         a.set_xlabel(xlabel)
         a.grid(True, alpha=0.3)
     ax.set_ylabel(f"{result.get('split', 'test')} {METRIC_TITLES.get(metric, metric)}")
-    if len(methods) > 4 and gain_ax is None:  # many methods: the legend beside the axes, where it hides no point
+    many = len(methods) > 4  # many methods: one legend beside the axes, where it hides no point
+    if many and gain_ax is None:
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
         fig.set_size_inches(8.5, 4.0)
+    elif many:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", fontsize="small")
+        fig.set_size_inches(13.0, 4.0)
     else:
         ax.legend(fontsize="small")
     ax.set_title(f"label efficiency: {result['dataset']}")
@@ -210,5 +214,6 @@ def label_efficiency_plot(result: dict[str, Any], path: str | Path, metric: str,
         gain_ax.axhline(0.0, color="k", linestyle="--", linewidth=1)
         gain_ax.set_ylabel(f"paired gain over {baseline} (95% CI)")
         gain_ax.set_title(f"gain over {baseline}, same subsets and seeds")
-        gain_ax.legend(fontsize="small")
+        if not many:
+            gain_ax.legend(fontsize="small")
     return save_png(fig, path)

@@ -9,6 +9,8 @@ output folder) and writes one section per file, in name order:
 * benchmark results (a JSON object with a ``.md`` sibling, or with a ``benchmark`` / ``machine`` key): the ``.md``
   sibling written by the same script (headings nested one level down, relative image links re-pointed at the
   report folder), else a table of the JSON's scalar fields; PNGs named after the file are linked too;
+* results of the benchmark scripts with a format of their own (:data:`SCRIPT_FORMATS`: the label-efficiency
+  harness, the pretraining-budget and headline summaries): their ``.md`` sibling, as for other benchmarks;
 * anything else (invalid JSON, an unknown ``format``, a JSON without any of the above): listed under "Skipped
   files" with the reason, never dropped silently.
 
@@ -33,6 +35,8 @@ from medssl.eval.label_efficiency import label_efficiency_plot, markdown_table
 __all__ = ["build_report", "markdown_to_html"]
 
 LABEL_EFFICIENCY = "medssl-label-efficiency"
+#: results of benchmarks/*.py with a format of their own, shown through the .md the same script wrote beside them
+SCRIPT_FORMATS = ("medssl-label-efficiency-benchmark", "medssl-pretraining-budget", "medssl-headline")
 BENCHMARK_KEYS = ("benchmark", "machine")
 MAX_SCALAR_ROWS = 60
 ESCAPED_BAR = "\\|"
@@ -90,9 +94,11 @@ def _section(path: Path, out_dir: Path) -> tuple[str, str]:
     fmt = data.get("format")
     if fmt == LABEL_EFFICIENCY:
         return _label_efficiency(path, data, out_dir)
+    sibling = path.with_suffix(".md")
+    if fmt in SCRIPT_FORMATS and sibling.is_file():  # benchmark scripts' own results: their .md is the report
+        return _benchmark(path, data, sibling, out_dir)
     if fmt is not None:
         raise SkippedResult(f"unknown result format {fmt!r}")
-    sibling = path.with_suffix(".md")
     if sibling.is_file() or any(k in data for k in BENCHMARK_KEYS):
         return _benchmark(path, data, sibling if sibling.is_file() else None, out_dir)
     raise SkippedResult("unrecognised JSON: no 'format' field, no .md sibling and no "
