@@ -34,6 +34,23 @@ DECODER_STAGES = ("upcat_4", "upcat_3", "upcat_2", "upcat_1")
 DECODER_HEAD = "final_conv"
 
 
+def _basicunet(spatial_dims: int, in_channels: int, out_channels: int, features: Sequence[int], act: Any, norm: Any,
+               bias: bool, dropout: float, upsample: str) -> tuple[BasicUNet, list[int], Any, Any]:
+    """The MONAI BasicUNet whose halves the encoder and decoder take, with the checked features and the JSON forms
+    of ``act`` / ``norm`` (what the halves record in their ``config``)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    feats = [int(f) for f in features]
+    if len(feats) != 6:
+        raise ValueError(f"features must have 6 entries (BasicUNet), got {feats}")
+    act_json, norm_json = norm_to_json(act), norm_to_json(norm)
+    full = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=feats,
+                     act=act_json if isinstance(act_json, str) else tuple(act_json),
+                     norm=norm_json if isinstance(norm_json, str) else tuple(norm_json), bias=bias, dropout=dropout,
+                     upsample=upsample)
+    return full, feats, act_json, norm_json
+
+
 class BasicUNetEncoder(nn.Module):
     """Encoder half of MONAI ``BasicUNet`` (medssl encoder protocol: ``encoder(x) -> (B, feature_dim)``).
 
@@ -59,16 +76,8 @@ class BasicUNetEncoder(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        feats = [int(f) for f in features]
-        if len(feats) != 6:
-            raise ValueError(f"features must have 6 entries (BasicUNet), got {feats}")
-        act_json, norm_json = norm_to_json(act), norm_to_json(norm)
-        full = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, features=feats,
-                         act=act_json if isinstance(act_json, str) else tuple(act_json),
-                         norm=norm_json if isinstance(norm_json, str) else tuple(norm_json), bias=bias,
-                         dropout=dropout)
+        full, feats, act_json, norm_json = _basicunet(spatial_dims, in_channels, 1, features, act, norm, bias,
+                                                      dropout, "deconv")
         # same attribute names as BasicUNet -> same state_dict keys; the decoder half is dropped
         self.conv_0, self.down_1, self.down_2 = full.conv_0, full.down_1, full.down_2
         self.down_3, self.down_4 = full.down_3, full.down_4
@@ -127,18 +136,10 @@ class BasicUNetDecoder(nn.Module):
         upsample: str = "deconv",
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        feats = [int(f) for f in features]
-        if len(feats) != 6:
-            raise ValueError(f"features must have 6 entries (BasicUNet), got {feats}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
-        act_json, norm_json = norm_to_json(act), norm_to_json(norm)
-        full = BasicUNet(spatial_dims=spatial_dims, in_channels=1, out_channels=int(out_channels), features=feats,
-                         act=act_json if isinstance(act_json, str) else tuple(act_json),
-                         norm=norm_json if isinstance(norm_json, str) else tuple(norm_json), bias=bias,
-                         dropout=dropout, upsample=upsample)
+        full, feats, act_json, norm_json = _basicunet(spatial_dims, 1, int(out_channels), features, act, norm, bias,
+                                                      dropout, upsample)
         # same attribute names as BasicUNet -> same state_dict keys; the encoder half is dropped
         for name in (*DECODER_STAGES, DECODER_HEAD):
             setattr(self, name, getattr(full, name))

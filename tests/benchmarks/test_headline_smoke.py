@@ -1,22 +1,15 @@
 """benchmarks/headline.py: smallest budget, the fixed headline arm, paired gain, outputs; quick results skipped."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.script_loader import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("headline", REPO / "benchmarks" / "headline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("headline")
 
 
 def _rec(method, seed, value, per_class=None, count=None, fraction=None, metric="auroc"):

@@ -1,22 +1,15 @@
 """benchmarks/pretraining_budget.py: scratch taken once, gains per pretraining budget, outputs written."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.script_loader import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("pretraining_budget", REPO / "benchmarks" / "pretraining_budget.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pretraining_budget")
 
 
 def _rec(method, arm, seed, value, per_class=1):
