@@ -39,7 +39,7 @@ def write_figures(out_dir: Path, overlays: Sequence[dict[str, Any]], label_names
         rows = [{"image": case["image"], "truth": case["reference"], "pred": case[arm],
                  "name": f"{case['case_id']}\n{arm}"} for case in overlays for arm in arms]
         path = segmentation_overlays(rows, out_dir / "figures" / "segmentation_overlays.png", label_names=label_names,
-                                     title="held-out test cases: fine-tuned from the pretrained encoder vs scratch")
+                                     title="held-out test cases: fine-tuned from the pretrained network vs scratch")
         figures["segmentation_overlays"] = path.relative_to(out_dir).as_posix()
     return figures
 
