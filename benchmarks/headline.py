@@ -116,7 +116,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
     from medssl.eval.plots import save_png
 
-    fig = Figure(figsize=(7.0, 0.6 * len(rows) + 1.4), layout="constrained")
+    fig = Figure(figsize=(8.5, 0.6 * len(rows) + 1.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for i, r in enumerate(rows):
@@ -129,9 +129,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.axvline(0.0, color="k", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(rows)), [f"{r['dataset']}, {r['budget']} ({METRIC.get(r['metric'], r['metric'])})"
                                      for r in reversed(rows)])
-    ax.set_xlabel("paired gain of pretraining over scratch (95% bootstrap CI); green: CI above zero")
+    ax.set_xlabel("paired gain over scratch, 95% bootstrap CI (green: CI above zero)")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title("medssl pretraining vs scratch at the smallest label budget")
+    ax.set_title("pretrained vs scratch, smallest label budget")
     return save_png(fig, path)
 
 

@@ -39,7 +39,7 @@ def budget_label(fraction: float | None, count: int | None, unit: str = "items",
         return f"{100 * fraction:g}%"
     if per_class is not None:
         return f"{per_class}/class"
-    return f"{count} {unit}"
+    return f"{count} {unit[:-1] if count == 1 and unit.endswith('s') else unit}"
 
 
 def _label(row: dict[str, Any], unit: str) -> str:

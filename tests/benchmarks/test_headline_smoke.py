@@ -41,7 +41,7 @@ def test_headline_rows_and_files(tmp_path):
     assert p["budget"] == "1/class" and p["arm"] == "simclr finetune" and p["verdict"] == "better"
     assert p["gain"] == pytest.approx(0.10) and p["seeds_won"] == 5 and p["peer"] is None
     ph = rows["phantoms"]
-    assert ph["arm"] == "whole" and ph["budget"] == "1 cases" and ph["verdict"] == "worse"
+    assert ph["arm"] == "whole" and ph["budget"] == "1 case" and ph["verdict"] == "worse"
     md = (tmp_path / "headline.md").read_text()
     assert "| pneumoniamnist | 1/class | AUROC | 0.720 ± 0.016 | not run | 0.820 ± 0.016 (`simclr finetune`) | +0.100" in md
     assert (tmp_path / "headline.png").read_bytes()[:4] == b"\x89PNG"
