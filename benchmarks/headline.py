@@ -137,6 +137,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from medssl.data.atomic import atomic_write_json, atomic_write_text
+    from medssl.eval.paired import json_ready
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=str(RESULTS))
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(folder / "headline.md", "# Headline: pretraining versus scratch at the smallest budget\n\n"
                       + text + "\nMade by `python benchmarks/headline.py` from the `label_efficiency_*.json` files "
                       "beside it; each dataset's own `.md` has every arm and budget.\n")
-    clean = json.loads(json.dumps(rows).replace("NaN", "null"))
+    clean = [json_ready(r) for r in rows]
     atomic_write_json(folder / "headline.json", {"format": "medssl-headline", "rows": clean})
     plot(rows, folder / "headline.png")
     print(text)

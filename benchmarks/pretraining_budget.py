@@ -112,6 +112,7 @@ def plot(rows: list[dict[str, Any]], path: Path, dataset: str, metric: str) -> P
 
 def main(argv: list[str] | None = None) -> int:
     from medssl.data.atomic import atomic_write_json, atomic_write_text
+    from medssl.eval.paired import json_ready
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="label_efficiency.py result JSON files (one has the scratch arm)")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset, metric = reports[0]["dataset"], reports[0]["metric"]
     out = Path(args.out)
     name = f"pretraining_budget_{dataset}"
-    clean = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
+    clean = [json_ready(r) for r in rows]
     atomic_write_json(out / f"{name}.json", {"format": "medssl-pretraining-budget", "dataset": dataset,
                                              "metric": metric, "sources": args.results, "rows": clean})
     atomic_write_text(out / f"{name}.md", markdown(rows, dataset, metric, [Path(f).name for f in args.results]))

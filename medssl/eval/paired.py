@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_PAIRS", "bootstrap_mean_ci", "budget_key", "higher_is_better", "paired_gains", "verdict"]
+__all__ = ["MIN_PAIRS", "bootstrap_mean_ci", "budget_key", "higher_is_better", "json_ready", "paired_gains", "verdict"]
 
 #: fewer pairs than this give no interval (and the verdict "tie"): a bootstrap of two values only spans them
 MIN_PAIRS = 3
@@ -72,6 +72,18 @@ def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95, n_resam
         if math.isfinite(low) and math.isfinite(high):
             return low, high
     return math.nan, math.nan
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` (a row, or anything in it) with non-finite floats (no interval, no mean) as None, which JSON can
+    hold; dicts, lists and tuples are converted throughout."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def verdict(low: float, high: float) -> str:

@@ -34,7 +34,6 @@ __all__ = ["ARMS", "DATASET", "finetune_vs_scratch", "summarise_runs"]
 ARMS = ("pretrained", "scratch")
 #: the protocol's dataset name: its outputs are ``finetune/label_efficiency_phantoms.*``
 DATASET = "phantoms"
-PAIRED_METRICS = ("dice", "dice_organ", "dice_tumour")
 
 
 def finetune_vs_scratch(card: Path, study: Path, out_dir: Path, cache_dir: Path, s: QuickstartSettings, *,
@@ -43,13 +42,13 @@ def finetune_vs_scratch(card: Path, study: Path, out_dir: Path, cache_dir: Path,
 
     The record: label names, the split, the labelled case ids per seed, the protocol methods, per arm the runs
     (``fit_segmenter`` results, one per seed) and their summary (:func:`summarise_runs`), the paired gains of
-    ``pretrained`` over ``scratch`` (``paired``: one row per metric of :data:`PAIRED_METRICS`) and ``dice_gain``
+    ``pretrained`` over ``scratch`` (``paired``: mean Dice, then Dice of each label) and ``dice_gain``
     (the mean-Dice row in short). Overlay cases: the first ``s.overlay_cases`` test volumes (plan grid) with the
     reference and each arm's prediction, as numpy arrays.
     """
     from medssl.data.cache import PreprocessCache
     from medssl.data.plan import PreprocessPlan
-    from medssl.eval.paired import paired_gains
+    from medssl.eval.paired import json_ready, paired_gains
     from medssl.finetune.seg_cases import cases_from_msd, select_cases
     from medssl.finetune.seg_data import SegmentationVolumes
     from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
@@ -72,9 +71,9 @@ def finetune_vs_scratch(card: Path, study: Path, out_dir: Path, cache_dir: Path,
         arm = next(a for a in ARMS if methods[a] == run["method"])
         run["checkpoint"] = Path(run["checkpoint"]).resolve().relative_to(root).as_posix()
         runs[arm].append(run)
-    paired = [{**{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()},
-               "arm": "pretrained", "method": row["arm"]}  # NaN (one seed: no interval) is null in JSON
-              for row in paired_gains(result["records"], metrics=PAIRED_METRICS) if row["arm"] == methods["pretrained"]]
+    metrics = ["dice", *(f"dice_{name}" for name in result["label_names"][1:])]  # mean Dice, then each label
+    paired = [{**json_ready(row), "arm": "pretrained", "method": row["arm"]}  # NaN (no interval) is null in JSON
+              for row in paired_gains(result["records"], metrics=metrics) if row["arm"] == methods["pretrained"]]
     dice = next(row for row in paired if row["metric"] == "dice")
     split = result["case_split"]
     record = {

@@ -117,3 +117,11 @@ def test_pretraining_runs_are_averaged_per_seed_before_pairing():
     # one pair per label subset (seed): the scratch run of a seed is not counted twice
     assert row["n_pairs"] == 2 and row["seeds"] == [0, 1] and row["replicates"] == [2, 2]
     assert row["gains"] == pytest.approx([0.105, 0.105])
+
+
+def test_json_ready_replaces_non_finite_floats_throughout():
+    from medssl.eval.paired import json_ready
+
+    row = {"mean_gain": 0.1, "ci_low": math.nan, "pair": (0.5, math.nan), "gains": [math.inf, 1.0], "arm": "x"}
+    assert json_ready(row) == {"mean_gain": 0.1, "ci_low": None, "pair": [0.5, None], "gains": [None, 1.0],
+                               "arm": "x"}
