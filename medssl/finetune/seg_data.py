@@ -27,7 +27,11 @@ naming the offending file):
 background voxel with probability ``pos / (pos + neg)`` (MONAI ``RandCropByPosNegLabeld``), zero-padded first
 when the volume is smaller, then random flips along each axis of ``flip_axes`` (default every axis; give only
 the axes without anatomical meaning for the labels, e.g. ``[0]``, left-right in RAS, when labels name anterior and
-posterior parts as in the MSD hippocampus). When every case has a ``mask`` (a brain mask) and
+posterior parts as in the MSD hippocampus). With ``class_ratios`` (one weight per label value, background first)
+crop centres are drawn per *class* instead (MONAI ``RandCropByLabelClassesd``): ``[1, 1, 2]`` centres half the crops
+on label 2, however few voxels it has, as nnU-Net oversamples foreground classes. A small structure such as a
+50-voxel tumour inside an organ is otherwise almost never a crop centre, and a few-label run of a few hundred steps
+does not learn it. A class absent from a case gets no crops from that case (its weight is shared out by MONAI). When every case has a ``mask`` (a brain mask) and
 ``use_masks`` is on, background centres are drawn inside the mask only (the mask is prepared like a label map and
 used as ``RandCropByPosNegLabeld``'s ``image_key`` with threshold 0), so a full-size 240 x 240 x 155 MRI does not
 spend half its crops on air; in 2-D the items are the slices along
@@ -43,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+from monai.transforms import Compose, RandCropByLabelClassesd, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -59,7 +63,7 @@ from medssl.finetune.seg_cases import (
 )
 
 __all__ = ["HU_CHECK_CASES", "SegmentationPatches", "SegmentationVolumes", "check_card_dims", "check_cases",
-           "check_hu", "flip_axes_error", "resolve_plan"]
+           "check_hu", "class_ratios_error", "flip_axes_error", "resolve_plan"]
 
 HU_CHECK_CASES = 3  # cases whose raw intensities check_hu reads (first, middle, last)
 HU_MIN_SPAN = 20.0  # a CT in HU spans far more than this
@@ -167,6 +171,21 @@ def flip_axes_error(flip_axes: Sequence[int] | None, spatial_dims: int) -> str |
     return None
 
 
+def class_ratios_error(class_ratios: Any) -> str | None:
+    """Why ``class_ratios`` is not None or a list of >= 2 non-negative weights with a positive foreground weight
+    (None when it is)."""
+    if class_ratios is None:
+        return None
+    if isinstance(class_ratios, (str, bytes)) or not isinstance(class_ratios, Sequence) or len(class_ratios) < 2:
+        return (f"class_ratios must be null or one crop weight per label value (background first, at least 2), "
+                f"got {class_ratios!r}")
+    if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0 for r in class_ratios):
+        return f"class_ratios must be numbers >= 0, got {list(class_ratios)!r}"
+    if not sum(class_ratios[1:]) > 0:
+        return f"class_ratios must give some foreground class a weight > 0, got {list(class_ratios)!r}"
+    return None
+
+
 class SegmentationPatches(Dataset):
     """Training crops ``{"image": (C, *roi) float32, "label": (1, *roi) int64}`` (see module docstring).
 
@@ -183,11 +202,14 @@ class SegmentationPatches(Dataset):
         flip_axes: the spatial axes (of the plan's orientation) that may be flipped; None = all of them, [] = none.
         seed: base seed of the crops and flips.
         use_masks: draw background crop centres inside the cases' masks (when every case has one).
+        class_ratios: crop-centre weight of each label value (background first) instead of ``pos``/``neg``
+            (MONAI ``RandCropByLabelClassesd``); None = foreground / background sampling.
     """
 
     def __init__(self, cases: Sequence[SegmentationCase], cache: PreprocessCache, *, roi_size: Sequence[int],
                  spatial_dims: int = 3, pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5, seed: int = 0,
-                 use_masks: bool = True, flip_axes: Sequence[int] | None = None):
+                 use_masks: bool = True, flip_axes: Sequence[int] | None = None,
+                 class_ratios: Sequence[float] | None = None):
         roi = [int(r) for r in roi_size]
         if len(roi) != spatial_dims:
             raise ValueError(f"roi_size {roi} does not have {spatial_dims} axes")
@@ -197,13 +219,22 @@ class SegmentationPatches(Dataset):
         axes = range(spatial_dims) if flip_axes is None else [int(a) for a in flip_axes]
         if pos < 0 or neg < 0 or pos + neg == 0:
             raise ValueError(f"pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
+        problem = class_ratios_error(class_ratios)
+        if problem is not None:
+            raise ValueError(problem)
+        self.class_ratios = None if class_ratios is None else [float(r) for r in class_ratios]
         self.cases = list(cases)
         self.masked = bool(use_masks) and bool(self.cases) and all(c.mask is not None for c in self.cases)
         keys = ["image", "label"]
         self.transform = Compose([
             SpatialPadd([*keys, "mask"] if self.masked else keys, spatial_size=roi),
             RandCropByPosNegLabeld(keys, "label", spatial_size=roi, pos=pos, neg=neg, num_samples=1,
-                                   image_key="mask" if self.masked else None, image_threshold=0.0),
+                                   image_key="mask" if self.masked else None, image_threshold=0.0)
+            if self.class_ratios is None else
+            RandCropByLabelClassesd(keys, "label", spatial_size=roi, ratios=self.class_ratios,
+                                    num_classes=len(self.class_ratios), num_samples=1,
+                                    image_key="mask" if self.masked else None, image_threshold=0.0,
+                                    warn=False),
             *(RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in axes),
         ])
         self.seed = int(seed)
@@ -230,6 +261,7 @@ class SegmentationPatches(Dataset):
         self.transform.set_random_state(seed=int(seed))
         with warnings.catch_warnings():  # a slice or volume without foreground: background crops, as intended
             warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
+            warnings.filterwarnings("ignore", message=".*no available indices of class.*")
             item = self.transform(data)
         item = item[0] if isinstance(item, list) else item
         return {"image": _plain(item["image"]).to(torch.float32), "label": _plain(item["label"]).to(torch.int64)}

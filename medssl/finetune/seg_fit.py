@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.cache import PreprocessCache
 from medssl.eval.metrics import summarize_cases
+from medssl.finetune.postprocess import POSTPROCESS_CHOICES, choose_postprocess, record_in_checkpoint
 from medssl.finetune.seg_cases import SegmentationCase, num_channels
 from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
 from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
@@ -34,7 +35,7 @@ from medssl.models.dense_transfer import card_decoder
 from medssl.models.hub import card_channels, check_channels, read_card
 from medssl.training.optim import OptimConfig
 
-__all__ = ["evaluate_segmenter", "fit_segmenter", "train_segmenter"]
+__all__ = ["choose_postprocess_on", "evaluate_segmenter", "fit_segmenter", "train_segmenter"]
 
 
 def train_segmenter(module: SegmentationFinetuner, train_ds: Dataset, val_ds: Dataset, *, epochs: int,
@@ -94,6 +95,25 @@ def evaluate_segmenter(module: SegmentationFinetuner, dataset: SegmentationVolum
             "hd95_undefined": sum(math.isnan(m["hd95"][c]) for m in cases for c in labels), "n_cases": len(cases)}
 
 
+def choose_postprocess_on(module: SegmentationFinetuner, dataset: SegmentationVolumes) -> dict[str, Any]:
+    """:func:`~medssl.finetune.postprocess.choose_postprocess` on ``dataset``'s volumes (the validation cases),
+    scored by the mean Dice over labels (or regions) of each case, as validation scores them."""
+
+    def predictions():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            yield module.logits_to_labels(module.predict_logits(item["image"])), item["label"][0].cpu()
+
+    def score(pred: torch.Tensor, ref: torch.Tensor) -> float:
+        m = module.case_metrics(pred, ref)
+        if module.regions is not None:
+            values = [v for v in m["dice"].values() if not math.isnan(v)]
+            return float(np.mean(values)) if values else 1.0
+        return float(np.mean(list(m["dice"].values())))
+
+    return choose_postprocess(predictions(), score)
+
+
 def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
                   train_cases: Sequence[SegmentationCase], val_cases: Sequence[SegmentationCase],
                   test_cases: Sequence[SegmentationCase], *, num_classes: int | None = None,
@@ -108,7 +128,8 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
                   region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
                   channel_names: Sequence[str] | None = None, adapt_channels: str | None = None,
                   use_masks: bool = True, flip_axes: Sequence[int] | None = None,
-                  transfer: str = "encoder") -> dict[str, Any]:
+                  transfer: str = "encoder", class_ratios: Sequence[float] | None = None,
+                  postprocess: str = "none") -> dict[str, Any]:
     """Fine-tune (``card`` given) or train from scratch (``architecture``), return test metrics (one JSON dict).
 
     Checks every case against the card and plan first (:func:`medssl.finetune.seg_data.check_cases`), prepares
@@ -116,13 +137,20 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     :func:`train_segmenter` and evaluates the best checkpoint on ``test_cases`` (:func:`evaluate_segmenter`).
     ``plan``/``override_plan``/``hu_check`` are those of :mod:`medssl.finetune.seg_data`; ``pos``/``neg`` weight
     foreground / background crop centres (background centres inside the cases' masks when ``use_masks`` and every
-    case has one); ``flip_axes``: the axes training crops may be flipped along (None = all); ``decoder`` holds
+    case has one), or ``class_ratios`` weight the crop centres per label value, background first (class-balanced
+    crops, :class:`~medssl.finetune.seg_data.SegmentationPatches`); ``flip_axes``: the axes training crops may be flipped along (None = all); ``decoder`` holds
     decoder-only network options. ``regions`` / ``region_labels`` / ``region_training``: region targets and
     metrics (:mod:`medssl.finetune.regions`). ``channel_names``: the cases' channels, checked against the card's (:func:`medssl.models.hub.check_channels`) before anything is
     read; ``adapt_channels`` allows a different channel count by adapting the encoder's first layer.
     ``transfer``: ``"encoder"`` loads the card's encoder alone, ``"whole"`` also its pretrained decoder (BasicUNet;
     only the head starts random; :func:`medssl.models.dense_transfer.load_whole_network`); recorded as
     ``transfer`` (None from scratch) with the load report's key counts by source (``load_report["keys"]``).
+
+    ``postprocess``: connected-component post-processing of every predicted map (test metrics, the checkpoint
+    ``medssl predict`` reads): a method of :data:`~medssl.finetune.postprocess.POSTPROCESS`, or ``"auto"``: after
+    training, each method is scored on the validation cases' predictions and the best kept (``"none"`` unless
+    another is strictly better; :func:`~medssl.finetune.postprocess.choose_postprocess`), recorded as
+    ``postprocess`` with the validation Dice of each.
 
     ``min_steps``: 5 labelled volumes are 1-3 batches per epoch, too few steps to train in ``epochs`` epochs. As in
     :func:`~medssl.finetune.classification.fit_classifier`, every epoch count (``epochs``,
@@ -132,6 +160,12 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     t0 = time.perf_counter()
     if num_classes is None and label_names is None:
         raise ValueError("give num_classes or label_names")
+    if postprocess not in POSTPROCESS_CHOICES:
+        raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")
+    n_labels = int(num_classes or len(label_names))
+    if class_ratios is not None and len(class_ratios) != n_labels:
+        raise ValueError(f"class_ratios needs one weight per label value ({n_labels}: background first), got "
+                         f"{list(class_ratios)!r}")
     card_json = read_card(card)[0] if card is not None else None
     if card_json is None and architecture is None:
         raise ValueError("give an encoder card or, from scratch, an architecture")
@@ -154,7 +188,8 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     try:
         cache = PreprocessCache(root, resolved)
         train_ds = SegmentationPatches(train_cases, cache, roi_size=roi_size, spatial_dims=spatial_dims, pos=pos,
-                                       neg=neg, seed=seed, use_masks=use_masks, flip_axes=flip_axes)
+                                       neg=neg, seed=seed, use_masks=use_masks, flip_axes=flip_axes,
+                                       class_ratios=class_ratios)
         steps_per_epoch = math.ceil(len(train_ds) / batch_size)
         stretch = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
         module = SegmentationFinetuner(
@@ -170,6 +205,12 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
         info = train_segmenter(module, train_ds, SegmentationVolumes(val_cases, cache), epochs=epochs * stretch,
                                batch_size=batch_size, seed=seed, patience=patience, val_every_n_epochs=stretch,
                                run_dir=run_dir, accelerator=accelerator, progress=progress)
+        post = {"chosen": postprocess, "val_dice": None, "n_cases": None}
+        if postprocess == "auto":
+            post = choose_postprocess_on(module, SegmentationVolumes(val_cases, cache))
+        module.set_postprocess(post["chosen"])
+        if info.get("checkpoint") and post["chosen"] != "none":
+            record_in_checkpoint(info["checkpoint"], post["chosen"])
         metrics = evaluate_segmenter(module, SegmentationVolumes(test_cases, cache))
     finally:
         if scratch is not None:
@@ -181,7 +222,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
         "max_epochs": epochs * stretch, "val_every_n_epochs": stretch, "steps_per_epoch": steps_per_epoch,
         "freeze_encoder_epochs": module.freeze_encoder_epochs if report is not None else 0,
         "n_train": len(train_cases), "n_val": len(val_cases), "n_test": len(test_cases),
-        "masked_crops": train_ds.masked,
+        "masked_crops": train_ds.masked, "class_ratios": train_ds.class_ratios, "postprocess": post,
         "network": module.hparams["network"], "plan": module.plan_record, "encoder_sha256": module.encoder_sha256,
         "load_report": None if report is None else {"summary": report.summary(), "matched": len(report.matched),
                                                     "expected_missing": len(report.expected_missing),

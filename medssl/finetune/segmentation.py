@@ -31,6 +31,9 @@
   per region on the painted label map (the map ``medssl predict`` writes), ``val/dice`` their mean; a region
   absent from both prediction and reference of a case is left out of its mean (:func:`medssl.eval.metrics
   .summarize_cases`).
+* Post-processing (``postprocess``, :mod:`medssl.finetune.postprocess`): :meth:`predict_volume` keeps the largest
+  connected component of the foreground or of each label when asked (``fit_segmenter(postprocess="auto")`` picks it
+  on the validation cases, as nnU-Net does); validation during training scores the raw maps.
 * Channels: ``in_channels`` must be the card's (else :class:`~medssl.finetune.seg_cases.SegmentationDataError`
   naming both channel lists) unless ``adapt_channels`` (``"average"`` | ``"repeat"``) asks for an explicit
   first-layer adaptation (the load report then says so); with equal counts, ``channels`` (their names) must be
@@ -67,6 +70,7 @@ from medssl.finetune.seg_cases import SegmentationDataError
 from medssl.finetune.layer_decay import adamw_warmup_cosine, layer_decay_groups
 from medssl.finetune.seg_data import check_card_dims, resolve_plan
 from medssl.finetune.regions import RegionMap
+from medssl.finetune.postprocess import POSTPROCESS, apply_postprocess
 from medssl.models.dense_transfer import card_decoder, load_whole_network
 from medssl.models.hub import ChannelMismatchError, LoadReport, card_channels, check_channels, load_encoder, read_card
 from medssl.models.segmenter import build_segmenter, segmenter_spec
@@ -100,6 +104,9 @@ class SegmentationFinetuner(L.LightningModule):
         channels: the data's channel names (checked against the card's when both are known).
         adapt_channels: ``"average"`` | ``"repeat"``: adapt the first layer when the channel counts differ.
         transfer: ``"encoder"`` or ``"whole"`` (encoder + the card's decoder; module docstring).
+        postprocess: what :meth:`predict_volume` does to the label map (:mod:`medssl.finetune.postprocess`:
+            ``none``, ``largest_foreground``, ``largest_per_label``); ``fit_segmenter(postprocess="auto")`` sets
+            it from the validation cases after training.
         task, network: recorded values, given back by ``load_from_checkpoint`` and checked.
     """
 
@@ -112,7 +119,8 @@ class SegmentationFinetuner(L.LightningModule):
                  seed: int = 0, regions: dict[str, list[int]] | None = None,
                  region_labels: dict[str, int] | None = None, region_training: str = "sigmoid",
                  channels: Sequence[str] | None = None, adapt_channels: str | None = None,
-                 transfer: str = "encoder", task: str = "segmentation", network: dict[str, Any] | None = None):
+                 transfer: str = "encoder", postprocess: str = "none", task: str = "segmentation",
+                 network: dict[str, Any] | None = None):
         super().__init__()
         names = list(label_names) if label_names is not None else ["background", *map(str, range(1, num_classes))]
         if init not in INITS or task != "segmentation" or len(names) != num_classes or num_classes < 2:
@@ -126,6 +134,8 @@ class SegmentationFinetuner(L.LightningModule):
             raise ValueError(f"segmentation fine-tuning uses AdamW, got optim.name={self.optim.name!r}")
         if transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
+        if postprocess not in POSTPROCESS:
+            raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
         if region_training not in REGION_TRAINING:
             raise ValueError(f"region_training must be one of {REGION_TRAINING}, got {region_training!r}")
         self.regions = RegionMap.from_config(regions, region_labels) if regions else None
@@ -167,7 +177,7 @@ class SegmentationFinetuner(L.LightningModule):
             raise ValueError("init='scratch' needs architecture={'name', 'kwargs'} or an encoder card")
         in_channels = int(in_channels if in_channels is not None else architecture["kwargs"]["in_channels"])
         self.plan, self.plan_record = resolve_plan(card, encoder, plan, override_plan)
-        self.transfer = transfer
+        self.transfer, self.postprocess = transfer, postprocess
         self.init, self.num_classes, self.label_names, self.spatial_dims = init, int(num_classes), names, spatial_dims
         self.roi_size = [int(r) for r in roi_size]
         self.freeze_encoder_epochs, self.layer_decay, self.seed = int(freeze_encoder_epochs), layer_decay, seed
@@ -277,8 +287,16 @@ class SegmentationFinetuner(L.LightningModule):
 
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
         """``(*spatial)`` int64 label map of one ``(C, *spatial)`` image (argmax of :meth:`predict_logits`, or its
-        region channels thresholded and painted back to labels)."""
-        return self.logits_to_labels(self.predict_logits(image))
+        region channels thresholded and painted back to labels), post-processed by ``postprocess``."""
+        labels = self.logits_to_labels(self.predict_logits(image))
+        return labels if self.postprocess == "none" else apply_postprocess(labels, self.postprocess)
+
+    def set_postprocess(self, method: str) -> None:
+        """Apply ``method`` (:data:`~medssl.finetune.postprocess.POSTPROCESS`) from now on; recorded in hparams."""
+        if method not in POSTPROCESS:
+            raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {method!r}")
+        self.postprocess = method
+        self.hparams["postprocess"] = method
 
     def case_metrics(self, pred_labels: torch.Tensor, true_labels: torch.Tensor,
                      spacing: Sequence[float] | None = None) -> dict[str, Any]:

@@ -181,7 +181,8 @@ def test_repo_finetune_configs_parse():
 #: one non-default value per shared segmentation option (keys must match SEG_OPTION_FIELDS: a new option needs one)
 SEG_OPTION_VALUES = {"regions": {"WT": [1, 2]}, "region_labels": {"WT": 1}, "region_training": "classes",
                      "channel_names": ["T1"], "adapt_channels": "average", "masks": "masks/*.nii.gz",
-                     "use_masks": False, "flip_axes": [0]}
+                     "use_masks": False, "flip_axes": [0], "class_ratios": [1.0, 1.0, 2.0],
+                     "postprocess": "auto"}
 
 
 def test_shared_segmentation_options_in_both_configs(cubes, tmp_path):

@@ -16,7 +16,7 @@ from medssl.errors import MedsslError, NiftiError
 from medssl.finetune.seg_cases import (SegmentationCase, SegmentationDataError, cases_from_glob, cases_from_msd,
                                        labelled_subset, msd_label_names, num_channels, select_cases, split_cases)
 from medssl.finetune.seg_data import (SegmentationPatches, SegmentationVolumes, check_card_dims, check_cases,
-                                      flip_axes_error, resolve_plan)
+                                      class_ratios_error, flip_axes_error, resolve_plan)
 
 CT = PreprocessPlan(intensity="ct_window")
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -207,3 +207,35 @@ def test_whole_volumes_keep_geometry(tmp_path, phantoms):
     assert item["label"].shape == (1, *item["image"].shape[1:]) and item["label"].dtype == torch.int64
     assert item["spacing"].tolist() == pytest.approx([2.0, 2.0, 3.0])
     assert set(item["label"].unique().tolist()) <= {0, 1, 2}
+
+
+def test_class_balanced_crops_find_a_small_structure(tmp_path):
+    """A 2-voxel label 2 in a large label-1 organ: foreground / background crops centre on it about 2/200 of the
+    time; class_ratios [0, 0, 1] centre every crop on it, and [1, 1, 2] about half of them."""
+    label = np.zeros((40, 40, 8))
+    label[5:35, 5:35, 2:6] = 1
+    label[30:32, 30, 4] = 2
+    case = write_case(tmp_path / "c", "c", label * 100.0 - 900.0, label)
+    cache = PreprocessCache(tmp_path / "cache", CT)
+
+    def share_with_2(n: int = 40, **kw) -> float:
+        ds = SegmentationPatches([case], cache, roi_size=(8, 8, 4), seed=0, flip_axes=[], **kw)
+        hits = 0
+        for epoch in range(n):
+            ds.set_epoch(epoch)
+            hits += int((ds[0]["label"] == 2).any())
+        return hits / n
+
+    assert share_with_2(class_ratios=[0, 0, 1]) == 1.0
+    assert 0.3 <= share_with_2(class_ratios=[1, 1, 2]) <= 0.85
+    assert share_with_2(pos=1.0, neg=1.0) <= 0.2
+    assert SegmentationPatches([case], cache, roi_size=(8, 8, 4), class_ratios=[1, 1, 2]).class_ratios == [1, 1, 2]
+    # a class absent from a case gets no crops from it (no error, no warning reaching the user)
+    empty = write_case(tmp_path / "e", "e", label * 0 - 900.0, label * 0)
+    ds = SegmentationPatches([empty], cache, roi_size=(8, 8, 4), class_ratios=[1, 1, 2])
+    assert ds[0]["label"].sum() == 0
+    for bad in ([1], "1,1", [1, -1], [1, 0, 0], [True, 1], [1, float("nan")]):
+        assert class_ratios_error(bad) is not None
+        with pytest.raises(ValueError, match="class_ratios"):
+            SegmentationPatches([case], cache, roi_size=(8, 8, 4), class_ratios=bad)
+    assert class_ratios_error(None) is None and class_ratios_error([0, 1]) is None

@@ -90,7 +90,8 @@ def test_config_errors_name_the_field(setup):
             SegProtocolConfig(**{**cfg, "flip_axes": axes}).validate()
     assert SegProtocolConfig(**{**cfg, "flip_axes": [0]}).validate().flip_axes == [0]
     for change, name in [({"use_masks": "no"}, "use_masks"), ({"region_training": "softmax"}, "region_training"),
-                         ({"adapt_channels": "mean"}, "adapt_channels")]:
+                         ({"adapt_channels": "mean"}, "adapt_channels"), ({"class_ratios": [1]}, "class_ratios"),
+                         ({"class_ratios": [1, -1]}, "class_ratios"), ({"postprocess": "largest"}, "postprocess")]:
         with pytest.raises(ProtocolConfigError, match=f"'{name}'"):
             SegProtocolConfig(**{**cfg, **change}).validate()
 
@@ -117,3 +118,48 @@ def test_repo_hippocampus_config_parses():
     assert cfg.flip_axes == [0]  # RAS left-right only: the labels are anterior / posterior parts
     tiny = SegProtocolConfig.from_yaml(REPO_CONFIG.with_name("hippocampus_tiny.yaml"), encoder="x/encoder.json")
     assert tiny.epochs == 1
+
+
+def test_postprocessing_is_chosen_on_validation_and_travels_with_the_checkpoint(setup, tmp_path, one_thread):
+    """postprocess: auto scores every method on the validation case and keeps the best ('none' on ties); a fixed
+    method is applied to the test maps and written into best.ckpt, which medssl predict's loader applies."""
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    from medssl.finetune.postprocess import POSTPROCESS
+    from medssl.finetune.predict import load_checkpoint
+    from medssl.finetune.seg_data import SegmentationVolumes
+
+    _, cfg = setup
+    base = {**cfg, "methods": ["scratch"], "counts": [1], "epochs": 1, "class_ratios": [1, 3],
+            "keep_checkpoints": True, "plot": False}
+    run_seg_protocol(SegProtocolConfig(**{**base, "postprocess": "auto"}).validate(), tmp_path / "auto",
+                     progress=False)
+    run = json.loads((tmp_path / "auto" / "label_efficiency_cubes.json").read_text())["runs"][0]
+    post = run["postprocess"]
+    assert set(post["val_dice"]) == set(POSTPROCESS) and post["n_cases"] == 1 and run["class_ratios"] == [1, 3]
+    best = max(post["val_dice"].values())
+    assert post["val_dice"][post["chosen"]] == best
+    assert post["chosen"] == "none" or best > post["val_dice"]["none"]
+    ckpt = tmp_path / "auto" / "runs" / "scratch_n1_seed0" / "checkpoints" / "best.ckpt"
+    assert load_checkpoint(ckpt).postprocess == post["chosen"]
+
+    run_seg_protocol(SegProtocolConfig(**{**base, "postprocess": "largest_foreground"}).validate(),
+                     tmp_path / "fixed", progress=False)
+    run = json.loads((tmp_path / "fixed" / "label_efficiency_cubes.json").read_text())["runs"][0]
+    assert run["postprocess"]["chosen"] == "largest_foreground" and run["postprocess"]["val_dice"] is None
+    model = load_checkpoint(tmp_path / "fixed" / "runs" / "scratch_n1_seed0" / "checkpoints" / "best.ckpt")
+    assert model.postprocess == "largest_foreground"
+    cases = json.loads((tmp_path / "fixed" / "label_efficiency_cubes.json").read_text())
+    from medssl.data.cache import PreprocessCache
+    from medssl.data.plan import PreprocessPlan
+    from medssl.finetune.seg_protocol import task_cases
+    from medssl.finetune.seg_cases import select_cases
+
+    test = select_cases(task_cases(SegProtocolConfig(**base))[0], cases["case_split"]["test"])
+    volumes = SegmentationVolumes(test, PreprocessCache(cfg["cache_dir"], PreprocessPlan.from_dict(model.hparams["plan"])))
+    for i in range(len(volumes)):
+        pred = model.predict_volume(volumes[i]["image"]).numpy()
+        assert ndimage.label(pred > 0, structure=np.ones((3, 3, 3)))[1] <= 1
+        assert torch.is_tensor(model.predict_volume(volumes[i]["image"]))
