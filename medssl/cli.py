@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", help="override the methods (linear_probe knn finetune scratch)")
     p.add_argument("--epochs", type=int, help="override the fine-tuning epochs")
     p.add_argument("--max-eval", type=int, dest="max_eval", help="cap validation and test items (stratified)")
+    p.add_argument("--workers", type=int, help="segmentation: runs trained at once, one process and one thread each "
+                                               "(same records as one at a time)")
     p.add_argument("--no-plot", action="store_true", help="skip the label-efficiency PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -232,12 +234,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             seg_overrides = {k: v for k, v in overrides.items() if k in ("encoder", "seeds", "counts", "methods",
                                                                              "epochs", "plot")}
+            seg_overrides["workers"] = args.workers
             if args.path or args.fractions or args.per_class or args.max_eval:
                 raise ProtocolConfigError("--path/--fractions/--per-class/--max-eval",
                                           "apply to classification protocols only")
             cfg = SegProtocolConfig.from_yaml(args.protocol, **seg_overrides)
             run, stem = run_seg_protocol, cfg.name
         else:
+            if args.workers is not None:
+                raise ProtocolConfigError("--workers", "applies to segmentation protocols only")
             cfg = ProtocolConfig.from_yaml(args.protocol, **overrides)
             run, stem = run_protocol, Path(cfg.path).stem
     except ProtocolConfigError as exc:

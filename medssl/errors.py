@@ -73,6 +73,18 @@ class MedsslError(Exception):
             text += f" (files: {shown})"
         super().__init__(text)
 
+    def __reduce__(self) -> tuple:
+        """Pickle as what it is (type, message, reason, files and any subclass fields), whatever the subclass's
+        ``__init__`` takes: an error raised in a worker process reaches the caller with its type and reason."""
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type, args: tuple, state: dict) -> MedsslError:
+    error = Exception.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class DicomFileError(MedsslError):
     """One file cannot be used (not DICOM, truncated, no pixel data, undecodable, ...)."""

@@ -170,7 +170,9 @@ def make_phantom(
     spatial_dims: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A CT-like abdomen: body (fat rim, ~40 HU tissue) in air, spine (~700 HU), liver- and kidney-like organs
-    (label 1) and a tumour sphere inside the liver (label 2, +/-20..40 HU contrast).
+    (label 1) and a hypodense tumour sphere inside the liver (label 2, 20..40 HU darker than the liver, as most liver
+    metastases are in portal-venous CT; a mix of dark and bright tumours asked a 1-2-case quick start to segment a
+    kind of tumour its labelled cases might not show).
 
     Sizes are fractions of the field of view in mm (so spheres stay spheres with anisotropic spacing); positions,
     sizes and noise come from ``seed`` only. Returns ``(image float32 with integral HU values, label uint8)`` of
@@ -218,7 +220,7 @@ def make_phantom(
     image[body] = -90.0  # subcutaneous fat rim
     image[inner] = 40.0
     image[liver], image[kidney] = 60.0, 30.0
-    image[tumour] = 60.0 + rng.choice([-1.0, 1.0]) * rng.uniform(20, 40)
+    image[tumour] = 60.0 - rng.uniform(20, 40)  # hypodense, as most liver metastases in portal-venous CT
     image[spine] = 700.0
     smooth = gaussian_filter(rng.normal(size=shp), sigma=(2.0, 2.0, 2.0 if spatial_dims == 3 else 0.0))
     smooth *= 8.0 / max(float(smooth.std()), 1e-6)

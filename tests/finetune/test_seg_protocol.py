@@ -101,9 +101,10 @@ def test_cli_dispatches_segmentation_protocols(setup, tmp_path, one_thread):
     yml = tmp_path / "p.yaml"
     yml.write_text(yaml.safe_dump({**cfg, "split_file": str(tmp_path / "split.json")}))
     assert main(["evaluate", "--protocol", str(yml), "--methods", "scratch", "--counts", "1", "--epochs", "1",
-                 "--out", str(tmp_path / "out"), "--quiet", "--no-plot"]) == 0
+                 "--workers", "1", "--out", str(tmp_path / "out"), "--quiet", "--no-plot"]) == 0
     out = json.loads((tmp_path / "out" / "label_efficiency_cubes.json").read_text())
     assert {r["method"] for r in out["records"]} == {"scratch"} and out["config"]["epochs"] == 1
+    assert out["config"]["workers"] == 1
     assert main(["evaluate", "--protocol", str(yml), "--max-eval", "5", "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--protocol", str(yml), "--per-class", "2", "--out", str(tmp_path / "x")]) == 2
     assert Path(REPO_CONFIG).is_file()
