@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 PEER = "lightly_simclr finetune"
 #: the medssl arm each headline reports, chosen before the runs (the pretrained network fine-tuned; for the
-#: phantoms the whole network, encoder and decoder); other arms are in each dataset's own table
+#: phantoms and BraTS the whole Models Genesis network, encoder and decoder); other arms are in each dataset's own table
 HEADLINE_ARM = {"pneumoniamnist": "simclr finetune", "adrenalmnist3d": "simclr finetune",
-                "hippocampus": "simclr finetune", "phantoms": "whole", "brats": "finetune"}
+                "hippocampus": "simclr finetune", "phantoms": "whole", "brats": "whole"}
 METRIC = {"auroc": "AUROC", "dice": "mean Dice"}
 
 

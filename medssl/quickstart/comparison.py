@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def finetune_vs_scratch(card: Path, study: Path, out_dir: Path, cache_dir: Path,
         n_test=s.n_test, split_seed=s.seed, encoder=str(card), counts=[s.n_labelled], seeds=list(s.seeds),
         methods=[methods[a] for a in ARMS], spatial_dims=3, roi_size=list(s.roi_size), epochs=s.finetune_epochs,
         min_steps=s.min_steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, warmup=s.warmup,
-        patience=s.patience, cache_dir=str(cache_dir), keep_checkpoints=True, plot=True).validate("quickstart")
+        patience=s.patience, cache_dir=str(cache_dir), keep_checkpoints=True, plot=True,
+        class_ratios=None if s.class_ratios is None else list(s.class_ratios),
+        workers=s.workers or min(2, os.cpu_count() or 1)).validate("quickstart")
     with quiet_lightning():
         run_seg_protocol(cfg, out_dir, progress=progress)
     result = json.loads((out_dir / f"label_efficiency_{DATASET}.json").read_text())
@@ -104,7 +107,8 @@ def finetune_vs_scratch(card: Path, study: Path, out_dir: Path, cache_dir: Path,
 
 def _stats(values: Sequence[float | None]) -> dict[str, Any]:
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return {"mean": float(np.mean(finite)) if finite else None, "std": float(np.std(finite)) if finite else None,
+    return {"mean": float(np.mean(finite)) if finite else None,  # sample std, as the protocol's tables
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
             "values": [None if v is None else float(v) for v in values]}
 
 

@@ -52,7 +52,7 @@ def _pm(stats: dict[str, Any], digits: int = 3) -> str:
     """``mean ± std`` (just the mean for one value; n/a when undefined)."""
     if stats["mean"] is None:
         return "n/a"
-    if len(stats["values"]) < 2:
+    if len(stats["values"]) < 2 or stats["std"] is None:
         return f"{stats['mean']:.{digits}f}"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
