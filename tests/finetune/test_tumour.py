@@ -88,7 +88,7 @@ def test_region_protocol_records_dice_per_region(tmp_path):
 def test_brats_configs_parse():
     cfg = SegProtocolConfig.from_yaml("configs/finetune/brats_protocol.yaml", encoder="runs/enc/encoder.json")
     assert cfg.regions == BRATS and cfg.counts == [2] and cfg.n_val == 1 and cfg.n_test == 1
-    assert cfg.methods == ["whole", "scratch"] and cfg.postprocess == "auto" and len(cfg.class_ratios) == 5
+    assert cfg.methods == ["whole", "finetune", "scratch"] and cfg.postprocess == "auto" and len(cfg.class_ratios) == 5
     from medssl.finetune.run_config import FinetuneConfig
 
     one = FinetuneConfig.from_yaml("configs/finetune/brats_finetune.yaml", encoder="runs/enc/encoder.json")
