@@ -80,7 +80,8 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
     selection, so no early stopping: ``patience`` must be None). Validation still runs and is recorded. Either way
     the kept checkpoint is ``checkpoints/best.ckpt`` (what ``medssl predict`` takes).
 
-    Returns ``best_epoch``, ``best_val`` (the entry of ``module.val_history`` of that epoch, ``{}`` when the module
+    Returns ``best_epoch``, ``val_history`` (every validation's entry of ``module.val_history``), ``best_val`` (the
+    entry of that epoch, ``{}`` when the module
     keeps no history), ``epochs_trained``, ``stopped_early`` and ``checkpoint`` (the path under ``run_dir``, None
     without it). Validation (and checkpoint selection) runs every ``val_every_n_epochs`` epochs.
     """
@@ -130,6 +131,7 @@ def fit_best(module: L.LightningModule, train_loader: DataLoader, val_loader: Da
         history = getattr(module, "val_history", [])
         return {"best_epoch": best_epoch,
                 "best_val": next((h for h in history if h["epoch"] == best_epoch), {}),
+                "val_history": list(history),  # every validation: did the run converge within its budget?
                 "epochs_trained": int(trainer.current_epoch),
                 "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
                 "checkpoint": None if scratch is not None else str(best.best_model_path)}
