@@ -2,7 +2,8 @@
 
 ``read_dicom_series(source)`` finds the stacks in ``source`` (a folder, a file, or a list of files), picks one
 (``series=`` key or number; an error lists them when the choice is ambiguous; localizer stacks mixed into the folder
-are left out, with a warning, unless ``series=`` asks for one), refuses a stack one of whose files is truncated,
+are left out, with a warning, unless ``series=`` asks for one), refuses a stack one of whose files is truncated
+unless an intact file takes its place (:mod:`medssl.data.damage`),
 validates its geometry under a strict policy (:mod:`medssl.data.geometry`), decodes pixels (compressed transfer
 syntaxes through pydicom's pylibjpeg / gdcm plugins), applies RescaleSlope/Intercept per slice and returns a :class:`monai.data.MetaTensor` of shape
 (X, Y, Z) or (X, Y, Z, T) with a RAS affine, plus metadata free of patient identifiers.
@@ -16,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from medssl.data.damage import identify_damaged, uncovered
 from medssl.data.deid import new_salt
 from medssl.data.dicom_header import (
     DEFAULT_MAX_VOXELS,
     DicomHeader,
     decoder_available,
     read_header,
-    series_uid_of_damaged,
 )
 from medssl.data.geometry import (
     TILT_TOL_DEG,
@@ -274,10 +275,11 @@ def read_dicom_volume(
         stacks = [s for s in stacks if not s.first.is_localizer]
         notes.append(f"left out {sum(len(s.headers) for s in scouts)} localizer file(s)")
     stack = select_stack(stacks, series, salt, name)
-    damaged = [p for p, exc in skipped if exc.reason == Reason.TRUNCATED
-               and series_uid_of_damaged(p) == stack.first.series_uid]
-    if damaged:  # never a volume with a slice silently missing
-        raise DicomSeriesError(Reason.TRUNCATED, f"{len(damaged)} file(s) of the series are truncated", damaged)
+    damaged = [d for p, exc in skipped if exc.reason == Reason.TRUNCATED and (d := identify_damaged(p))]
+    lost = uncovered(damaged, stack.headers)
+    if lost:  # never a volume with a slice silently missing; an intact copy of a damaged slice takes its place
+        raise DicomSeriesError(Reason.DAMAGED_MEMBER, f"{len(lost)} truncated file(s) of the series leave a place "
+                               "that no intact file takes", [d.path for d in lost])
     geom = plan_stack(stack.headers, tilt=tilt, uneven=uneven, fourd=fourd)
     voxels = int(np.prod(geom.shape))
     if voxels > max_voxels:

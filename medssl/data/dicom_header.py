@@ -15,7 +15,6 @@ included, through pydicom.
 from __future__ import annotations
 
 import errno
-import math
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -145,13 +144,16 @@ def _num(ds, keyword, cast=float):
 
 
 def _vec(value, n):
+    """``n`` floats, or None when absent or malformed. Non-finite values (NaN, inf) are kept: they are degenerate
+    geometry, which :func:`medssl.data.geometry.check_geometry_values` refuses as ``bad_geometry`` (dropping them
+    here would report them as merely missing)."""
     if value is None:
         return None
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    if len(out) != n or not all(map(math.isfinite, out)):  # (math, not numpy: ~20x cheaper on 2-6 floats)
+    if len(out) != n:
         return None
     return out
 
@@ -337,17 +339,6 @@ def decoder_available(transfer_syntax: str) -> bool:
         return bool(get_decoder(transfer_syntax).is_available)
     except (NotImplementedError, ValueError):
         return False
-
-
-def series_uid_of_damaged(path: str | Path) -> str | None:
-    """SeriesInstanceUID of a file whose header could not be fully read (truncated): a forced, tolerant read of the
-    tags before the damage, so the series the file belonged to can be refused instead of silently losing a slice."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SeriesInstanceUID"])
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-    except Exception:  # noqa: BLE001 - best effort on a broken file
-        return None
-    return uid if len(uid) > 8 and all(c in "0123456789." for c in uid) else None
 
 
 def _parse(path: Path):

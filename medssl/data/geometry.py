@@ -7,6 +7,7 @@ built from ImageOrientationPatient, PixelSpacing and the *measured* slice step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -25,6 +26,8 @@ GAP_RTOL = 0.01
 GAP_ATOL = 0.01
 #: Photometric interpretations whose single sample is an intensity (everything else is colour or a palette index).
 SCALAR_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+#: Largest deviation of ImageOrientationPatient's direction cosines from unit length / orthogonality accepted.
+ORTHONORMAL_TOL = 0.01
 #: Largest angle (degrees) between the slice-to-slice step and the slice normal accepted as "not tilted".
 TILT_TOL_DEG = 0.1
 
@@ -119,6 +122,47 @@ def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
     return out
 
 
+def _degenerate(position, orientation, spacing) -> str:
+    """Why a slice's geometry values are degenerate ("" when they are not, or absent: that is missing_geometry)."""
+    if spacing is not None and not all(math.isfinite(v) and v > 0 for v in spacing):
+        return f"PixelSpacing {'/'.join(f'{v:g}' for v in spacing)} is not positive and finite"
+    if orientation is not None:
+        if not all(map(math.isfinite, orientation)):
+            return "ImageOrientationPatient is not finite"
+        row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+        norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+        if abs(norms[0] - 1) > ORTHONORMAL_TOL or abs(norms[1] - 1) > ORTHONORMAL_TOL:
+            return f"ImageOrientationPatient vectors have lengths {norms[0]:.3g}, {norms[1]:.3g}, not 1"
+        if abs(float(row @ col)) > ORTHONORMAL_TOL:
+            return f"ImageOrientationPatient vectors are not orthogonal (cosine {float(row @ col):.3g})"
+    if position is not None and not all(map(math.isfinite, position)):
+        return "ImagePositionPatient is not finite"
+    return ""
+
+
+def check_geometry_values(headers: Sequence[DicomHeader]) -> None:
+    """Refuse degenerate geometry (``bad_geometry``): zero, negative or non-finite pixel spacing, orientation vectors
+    that are zero, non-finite, not unit length or not orthogonal, non-finite positions; in every enhanced frame too.
+    Such values would give an affine of zeros or NaNs (a series of ``0x0x2.5`` mm voxels, a NIfTI no reader takes)."""
+    bad: dict[str, str] = {}
+    for h in headers:
+        whys = [_degenerate(h.position, h.orientation, h.pixel_spacing)]
+        whys += [f"frame {f}: {w}" for f, frame in enumerate(h.enhanced_frames) if (w := _degenerate(*frame[:3]))]
+        why = next((w for w in whys if w), "")
+        if why:
+            bad[h.path] = why
+    if bad:
+        first = next(iter(bad))
+        raise DicomSeriesError(Reason.BAD_GEOMETRY, f"degenerate geometry in {len(bad)} file(s), e.g. {first}: "
+                               f"{bad[first]}", sorted(bad))
+
+
+def _slice_step(h: DicomHeader) -> float | None:
+    """Declared slice step: SpacingBetweenSlices, else SliceThickness; only a positive, finite value counts."""
+    return next((v for v in (h.spacing_between_slices, h.slice_thickness)
+                 if v is not None and math.isfinite(v) and v > 0), None)
+
+
 def _frame_geometry(h: DicomHeader):
     """(orientation, pixel spacing) of a file, from enhanced per-frame groups when present."""
     if h.enhanced_frames:
@@ -156,6 +200,7 @@ def plan_stack(
         kinds = sorted({f"{h.photometric} x{h.samples_per_pixel}" for h in headers if h.path in colour})
         raise DicomSeriesError(Reason.UNSUPPORTED_PHOTOMETRIC, f"not a scalar image ({', '.join(kinds)}): colour, "
                                "palette or YBR data (ultrasound, photos, screenshots) is no training volume", colour)
+    check_geometry_values(headers)
     shapes = {(h.rows, h.columns, h.samples_per_pixel) for h in headers}
     if len(shapes) > 1:
         raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, f"rows/columns/samples differ: {sorted(shapes)}", files)
@@ -182,7 +227,7 @@ def plan_stack(
         _, rows, columns = mosaic_grid(h0.rows, h0.columns, h0.mosaic_images)
         if h0.mosaic_normal is not None:
             normal = np.asarray(h0.mosaic_normal, dtype=np.float64)
-        step = h0.spacing_between_slices or h0.slice_thickness
+        step = _slice_step(h0)
         if not step:
             raise DicomSeriesError(Reason.MISSING_GEOMETRY, "mosaic without slice spacing", files)
         refs = [
@@ -258,7 +303,7 @@ def plan_stack(
             warnings.append(f"uneven slice gaps {np.unique(np.round(gaps, 3))} mm resampled")
         step_vec = delta / (len(columns_z) - 1)
     else:
-        thickness = h0.spacing_between_slices or h0.slice_thickness or 1.0
+        thickness = _slice_step(h0) or 1.0
         step_vec = normal * thickness
 
     affine = np.eye(4)

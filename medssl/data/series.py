@@ -49,6 +49,8 @@ def _cluster_orientations(headers: Sequence[DicomHeader]) -> list[int]:
     labels = []
     for h in headers:
         o = None if h.orientation is None else np.asarray(h.orientation)
+        if o is not None and not np.all(np.isfinite(o)):
+            o = None  # NaN orientations cluster with the missing ones; plan_stack refuses both (bad_geometry first)
         for idx, rep in enumerate(reps):
             if (o is None and rep is None) or (
                 o is not None and rep is not None and np.max(np.abs(o - rep)) <= ORIENTATION_TOL
