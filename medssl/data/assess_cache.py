@@ -117,7 +117,8 @@ def _outcomes(entry, n_members: int, series_columns: tuple[str, ...],
             raise ValueError("inconsistent outcome")
         out.append(outcome)
         seen += members
-    if sorted(seen) != list(range(n_members)):
+    if sorted(set(seen)) != list(range(n_members)) or (len(seen) != n_members and n_members != 1):
+        # (stacks partition a group's files; only a group of one enhanced file is shared by its split stacks)
         raise ValueError("members do not partition the group")
     return out
 

@@ -280,7 +280,7 @@ def read_dicom_volume(
     if lost:  # never a volume with a slice silently missing; an intact copy of a damaged slice takes its place
         raise DicomSeriesError(Reason.DAMAGED_MEMBER, f"{len(lost)} truncated file(s) of the series leave a place "
                                "that no intact file takes", [d.path for d in lost])
-    geom = plan_stack(stack.headers, tilt=tilt, uneven=uneven, fourd=fourd)
+    geom = plan_stack(stack.headers, frames=stack.frame_group, tilt=tilt, uneven=uneven, fourd=fourd)
     voxels = int(np.prod(geom.shape))
     if voxels > max_voxels:
         raise DicomSeriesError(Reason.SIZE_LIMIT, f"stack has {voxels} voxels (limit {max_voxels})", geom.files)

@@ -15,6 +15,7 @@ included, through pydicom.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -112,11 +113,13 @@ class DicomHeader:
     intercept: float
     mosaic_images: int | None  # Siemens NumberOfImagesInMosaic
     has_pixels: bool
-    enhanced_frames: tuple = field(default=(), repr=False)  # per-frame (position, orientation, spacing, slope, inter)
+    # per-frame (position, orientation, spacing, slope, intercept, dimension index values) of enhanced multi-frame
+    enhanced_frames: tuple = field(default=(), repr=False)
     mosaic_normal: tuple | None = None  # slice direction of a mosaic's tiles (CSA SliceNormalVector sign)
     pixel_offset: int | None = None  # file offset of native (unencapsulated) pixel bytes, for the fast path
     pixel_length: int | None = None
     patient_hash: str = ""  # keyed hash of PatientID ("" when absent); the raw ID is never stored
+    dimension_pointers: tuple[int, ...] = ()  # DimensionIndexSequence's DimensionIndexPointer tags (enhanced)
 
     @property
     def is_mosaic(self) -> bool:
@@ -188,8 +191,49 @@ def _mosaic_count(ds) -> int | None:
     return int(value) if value else None
 
 
+#: Philips private per-frame scale slope (MR Image Scale Slope, "SS"), in the private (2005,140F) frame group.
+_PHILIPS_FRAME_PRIVATE, _PHILIPS_SCALE_SLOPE = (0x2005, 0x140F), (0x2005, 0x100E)
+
+
+def _philips_scale(frame, slope: float, intercept: float) -> tuple[float, float]:
+    """Philips floating-point scaling of one frame, as dcm2niix applies it by default: FP = (SV * RS + RI) / (RS *
+    SS), i.e. slope RS/(RS*SS) and intercept RI/(RS*SS); the display scaling (RS, RI) when SS is absent or
+    unusable."""
+    try:
+        ss = float(frame[_PHILIPS_FRAME_PRIVATE][0][_PHILIPS_SCALE_SLOPE].value)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return slope, intercept
+    if not (math.isfinite(ss) and ss > 0 and slope):
+        return slope, intercept
+    import numpy as np  # (local: the header reader is the hot loop and rarely meets a Philips frame)
+
+    # in float32, as dcm2niix computes it: its scl_slope is then bit-identical, and so are the scaled values
+    rs = np.float32(slope)
+    denominator = rs * np.float32(ss)
+    return float(rs / denominator), float(np.float32(intercept) / denominator)
+
+
+def _index_values(value) -> tuple[int, ...]:
+    """DimensionIndexValues as a tuple of ints (() when absent or malformed)."""
+    if value is None:
+        return ()
+    try:
+        return tuple(int(v) for v in value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) \
+            else (int(value),)
+    except (TypeError, ValueError):
+        return ()
+
+
+def _dimension_pointers(ds) -> tuple[int, ...]:
+    try:
+        return tuple(int(item.DimensionIndexPointer) for item in ds.get("DimensionIndexSequence") or ())
+    except (AttributeError, TypeError, ValueError):
+        return ()
+
+
 def _enhanced_frames(ds) -> tuple:
-    """Per-frame geometry of an enhanced multi-frame object (Shared/PerFrame Functional Groups)."""
+    """Per-frame geometry, rescale and dimension index of an enhanced multi-frame object (Shared/PerFrame
+    Functional Groups); Philips frames with a private scale slope get Philips floating-point scaling."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
         return ()
@@ -203,16 +247,21 @@ def _enhanced_frames(ds) -> tuple:
                 return seq[0].get(attr)
         return None
 
+    philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
     frames = []
     for frame in per_frame:
+        slope = float(pick(frame, "PixelValueTransformationSequence", "RescaleSlope") or 1.0)
+        intercept = float(pick(frame, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0)
+        if philips:
+            slope, intercept = _philips_scale(frame, slope, intercept)
         frames.append(
             (
                 _vec(pick(frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
                 _vec(pick(frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
                 _vec(pick(frame, "PixelMeasuresSequence", "PixelSpacing"), 2),
-                float(pick(frame, "PixelValueTransformationSequence", "RescaleSlope") or 1.0),
-                float(pick(frame, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0),
-                pick(frame, "FrameContentSequence", "DimensionIndexValues"),
+                slope,
+                intercept,
+                _index_values(pick(frame, "FrameContentSequence", "DimensionIndexValues")),
             )
         )
     return tuple(frames)
@@ -300,6 +349,7 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS, salt:
         mosaic_images=None,
         has_pixels=True,
         enhanced_frames=_enhanced_frames(ds),
+        dimension_pointers=_dimension_pointers(ds),
         pixel_offset=pixel_at[0] if pixel_at else None,
         pixel_length=pixel_at[1] if pixel_at else None,
         patient_hash=_patient_hash(ds, salt),

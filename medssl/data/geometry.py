@@ -14,6 +14,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from medssl.data.dicom_header import DicomHeader
+from medssl.data.dimensions import FrameGroup
 from medssl.data.mosaic import mosaic_first_position, mosaic_grid
 from medssl.errors import DicomSeriesError, Reason
 
@@ -42,6 +43,7 @@ class SliceRef:
     position: np.ndarray
     slope: float
     intercept: float
+    order: tuple = ()  # an enhanced frame's place along the 4th axis (its non-splitting dimension index values)
 
 
 @dataclass
@@ -92,8 +94,9 @@ def lps_to_ras(affine: np.ndarray) -> np.ndarray:
     return out
 
 
-def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
-    """Files -> slices (mosaic tiles and enhanced frames become slices with their own positions)."""
+def _expand(headers: Sequence[DicomHeader], group: FrameGroup | None = None) -> list[SliceRef]:
+    """Files -> slices (mosaic tiles and enhanced frames become slices with their own positions); ``group``: only
+    these frames of an enhanced file (one stack of several, :mod:`medssl.data.dimensions`)."""
     out: list[SliceRef] = []
     for h in headers:
         if h.enhanced_frames and len(h.enhanced_frames) != h.number_of_frames:
@@ -105,10 +108,18 @@ def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
             raise DicomSeriesError(Reason.MISSING_GEOMETRY, f"multi-frame object ({h.number_of_frames} frames) "
                                    "without per-frame positions", [h.path])
         if h.enhanced_frames:
-            for f, (pos, ori, ps, slope, inter, _idx) in enumerate(h.enhanced_frames):
+            chosen = zip(group.frames, group.order) if group else ((f, ()) for f in range(len(h.enhanced_frames)))
+            first_ori = first_ps = None
+            for f, order in chosen:
+                pos, ori, ps, slope, inter, _idx = h.enhanced_frames[f]
                 if pos is None:
                     raise DicomSeriesError(Reason.MISSING_GEOMETRY, f"frame {f} has no position", [h.path])
-                out.append(SliceRef(h, f, None, np.asarray(pos, float), slope, inter))
+                if first_ori is None:
+                    first_ori, first_ps = ori, ps
+                elif _differ(ori, first_ori, 1e-3) or _differ(ps, first_ps, 1e-4):
+                    raise DicomSeriesError(Reason.MIXED_ORIENTATION, f"frame {f} has another orientation or pixel "
+                                           "spacing than the stack's first frame", [h.path])
+                out.append(SliceRef(h, f, None, np.asarray(pos, float), slope, inter, order))
         elif h.is_mosaic:
             if h.position is None or h.orientation is None or h.pixel_spacing is None:
                 raise DicomSeriesError(Reason.MISSING_GEOMETRY, "mosaic without geometry", [h.path])
@@ -163,11 +174,19 @@ def _slice_step(h: DicomHeader) -> float | None:
                  if v is not None and math.isfinite(v) and v > 0), None)
 
 
-def _frame_geometry(h: DicomHeader):
-    """(orientation, pixel spacing) of a file, from enhanced per-frame groups when present."""
+def _differ(a, b, tol: float) -> bool:
+    if a is None or b is None:
+        return a is not b
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) > tol
+
+
+def _frame_geometry(h: DicomHeader, group: FrameGroup | None = None):
+    """(orientation, pixel spacing) of a file, from enhanced per-frame groups (the stack's first frame) when
+    present."""
     if h.enhanced_frames:
-        ori = h.enhanced_frames[0][1] or h.orientation
-        ps = h.enhanced_frames[0][2] or h.pixel_spacing
+        first = h.enhanced_frames[group.frames[0] if group else 0]
+        ori = first[1] or h.orientation
+        ps = first[2] or h.pixel_spacing
         return ori, ps
     return h.orientation, h.pixel_spacing
 
@@ -175,6 +194,7 @@ def _frame_geometry(h: DicomHeader):
 def _time_key(s: SliceRef):
     h = s.header
     return (
+        s.order,
         h.temporal_position if h.temporal_position is not None else -1,
         h.acquisition_number if h.acquisition_number is not None else -1,
         h.acquisition_time if h.acquisition_time is not None else -1.0,
@@ -187,11 +207,15 @@ def _time_key(s: SliceRef):
 def plan_stack(
     headers: Sequence[DicomHeader],
     *,
+    frames: FrameGroup | None = None,
     tilt: TiltPolicy = "error",
     uneven: UnevenPolicy = "error",
     fourd: FourDPolicy = "stack",
 ) -> StackGeometry:
-    """Validate and lay out one stack. Raises :class:`DicomSeriesError` with a reason code under strict policy."""
+    """Validate and lay out one stack. Raises :class:`DicomSeriesError` with a reason code under strict policy.
+
+    ``frames``: the frames of an enhanced file that form the stack (:attr:`medssl.data.series.Stack.frame_group`);
+    None takes every frame."""
     if not headers:
         raise DicomSeriesError(Reason.EMPTY_SERIES, "no files in stack")
     files = [h.path for h in headers]
@@ -204,7 +228,7 @@ def plan_stack(
     shapes = {(h.rows, h.columns, h.samples_per_pixel) for h in headers}
     if len(shapes) > 1:
         raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, f"rows/columns/samples differ: {sorted(shapes)}", files)
-    geoms = [_frame_geometry(h) for h in headers]
+    geoms = [_frame_geometry(h, frames) for h in headers]
     if any(o is None or p is None for o, p in geoms):
         bad = [h.path for h, (o, p) in zip(headers, geoms) if o is None or p is None]
         raise DicomSeriesError(Reason.MISSING_GEOMETRY, "no ImageOrientationPatient/PixelSpacing", bad)
@@ -220,7 +244,7 @@ def plan_stack(
     rows, columns = h0.rows, h0.columns
     pixel_spacing = (float(spacings[0][0]), float(spacings[0][1]))
 
-    refs = _expand(headers)
+    refs = _expand(headers, frames)
     if h0.is_mosaic:
         if len({h.mosaic_images for h in headers}) > 1:
             raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, "mosaics hold different slice counts", files)
@@ -263,7 +287,7 @@ def plan_stack(
     if n_t > 1:
         for c in columns_z:
             c.sort(key=_time_key)
-            keys = [_time_key(s)[:5] for s in c]
+            keys = [_time_key(s)[:6] for s in c]
             if len(set(keys)) < len(keys):
                 raise DicomSeriesError(Reason.DUPLICATE_POSITION,
                                        "several files at one position with identical time/instance tags",

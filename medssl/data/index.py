@@ -4,7 +4,8 @@
 
 - ``files.csv``: every path found under the archive exactly once — ``path`` (relative, POSIX), ``size``, ``status``
   (``indexed`` | ``skipped``), ``reason`` (a :class:`~medssl.errors.Reason` code, empty when indexed) and
-  ``series_key`` (empty for files skipped before grouping; filled for localizers and files of rejected stacks).
+  ``series_key`` (empty for files skipped before grouping; filled for localizers and files of rejected stacks; an
+  enhanced multi-frame file that holds several stacks lists all their keys, separated by ``;``).
 - ``series.csv``: usable volumes only (``ok``, or ``ok_with_warnings`` when tilt/uneven resampling was opted in),
   described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
@@ -76,6 +77,8 @@ from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, Reason
 
 FILES_COLUMNS = ("path", "size", "status", "reason", "series_key")
+#: Separates the series keys of a file that holds several stacks (files.csv ``series_key``).
+KEY_SEPARATOR = ";"
 SERIES_COLUMNS = ("series_key", "modality", "body_part", "manufacturer", "rows", "columns", "n_slices",
                   "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status", "patient_key",
                   "patient_key_source")
@@ -286,7 +289,7 @@ def _assess_stack(stack: Stack, key: str, salt: str, archive: Path, policy: dict
         if bad:
             names = ", ".join(UID(ts).name or ts for ts in bad)
             raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no pixel decoder available for {names}")
-        geom = plan_stack(stack.headers, **policy)
+        geom = plan_stack(stack.headers, frames=stack.frame_group, **policy)
     except DicomSeriesError as exc:
         message = exc.detail.replace(str(archive), "<archive>")
         return "skipped", exc.reason.value, None, {"series_key": key, "reason": exc.reason.value,
@@ -302,8 +305,8 @@ def _assess_group(base: tuple, members: list[Found], records: dict[str, tuple], 
     position = {f.path: i for i, f in enumerate(members)}
     outcomes = []
     for stack in group_headers(headers):
-        if stack.raw_key[:-1] != base:
-            raise AssertionError(f"group_base {base!r} disagrees with group_headers {stack.raw_key[:-1]!r}")
+        if stack.raw_key[:len(base)] != base:  # (after it: the orientation rank, and an enhanced file's split)
+            raise AssertionError(f"group_base {base!r} disagrees with group_headers {stack.raw_key[:len(base)]!r}")
         key = stack.public_key(salt)
         status, reason, row, rejected = _assess_stack(stack, key, salt, archive, policy, damaged)
         order = (stack.first.series_number or 0, stack.first.echo_number or 0, str(stack.raw_key))
@@ -347,12 +350,24 @@ def _assess(found: list[Found], records: dict[str, tuple], copies: dict, salt: s
     done.sort(key=lambda item: item[0].order)
     series, rejected = [], []
     for o, members in done:
-        placed.update((members[i].path, (o.status, o.reason, o.key)) for i in o.members)
+        for i in o.members:
+            path = members[i].path
+            placed[path] = _merge_placement(placed[path], (o.status, o.reason, o.key)) if path in placed else (
+                o.status, o.reason, o.key)
         if o.series_row is not None:
             series.append(dict(o.series_row))  # copies: dedup marks statuses in these rows, not in the cache's
         if o.rejected_row is not None:
             rejected.append(dict(o.rejected_row))
     return placed, series, rejected, assessed, reused
+
+
+def _merge_placement(a: tuple[str, str, str], b: tuple[str, str, str]) -> tuple[str, str, str]:
+    """One file that holds several stacks (an enhanced multi-frame object split by its dimension index): its
+    files.csv row lists every stack's key, separated by ``;``; it is ``indexed`` when any of its stacks is usable,
+    else skipped with the first stack's reason."""
+    status = "indexed" if "indexed" in (a[0], b[0]) else "skipped"
+    reason = "" if status == "indexed" else a[1] or b[1]
+    return status, reason, f"{a[2]}{KEY_SEPARATOR}{b[2]}"
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -569,6 +584,7 @@ def series_files(index_dir: Path, archive_root: Path) -> dict[str, list[Path]]:
     files, series = load_index(index_dir)
     out: dict[str, list[Path]] = {s["series_key"]: [] for s in series if s["status"] in USABLE_STATUSES}
     for row in files:
-        if row["status"] == "indexed" and row["series_key"] in out:
-            out[row["series_key"]].append(archive_path(Path(archive_root), row["path"]))
+        for key in row["series_key"].split(KEY_SEPARATOR) if row["status"] == "indexed" else ():
+            if key in out:
+                out[key].append(archive_path(Path(archive_root), row["path"]))
     return out
