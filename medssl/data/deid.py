@@ -21,7 +21,7 @@ SAFE_KEYS = frozenset(
         "modality", "body_part", "manufacturer", "transfer_syntax", "rows", "columns", "n_files", "n_slices",
         "n_timepoints", "photometric", "bits_stored", "pixel_representation", "is_mosaic", "image_type",
         "slice_thickness", "spacing", "shape", "orientation", "series_key", "series_number", "echo_number",
-        "gantry_tilt", "rescale_slope", "rescale_intercept", "space", "policy",
+        "gantry_tilt", "rescale_slope", "rescale_intercept", "space", "policy", "split",
     }
 )
 

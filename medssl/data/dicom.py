@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from medssl.data.damage import identify_damaged, uncovered
+from medssl.data.damage import Damaged, identify_damaged, uncovered
 from medssl.data.deid import new_salt
 from medssl.data.dicom_header import (
     DEFAULT_MAX_VOXELS,
@@ -260,8 +260,6 @@ def read_dicom_volume(
     max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[DicomVolume, np.ndarray, dict]:
     """Lower-level reader: (decoded volume, RAS affine, safe metadata), with resampling applied where asked."""
-    user_salt = salt
-    salt = salt or new_salt()
     name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} files"
     headers, skipped = scan_headers(list_files(source), max_voxels=max_voxels)
     if not headers and skipped:
@@ -274,8 +272,30 @@ def read_dicom_volume(
     if series is None and scouts and len(scouts) < len(stacks):  # a localizer mixed in is never the volume asked for
         stacks = [s for s in stacks if not s.first.is_localizer]
         notes.append(f"left out {sum(len(s.headers) for s in scouts)} localizer file(s)")
-    stack = select_stack(stacks, series, salt, name)
-    damaged = [d for p, exc in skipped if exc.reason == Reason.TRUNCATED and (d := identify_damaged(p))]
+    stack = select_stack(stacks, series, salt or new_salt(), name)
+    return read_stack(stack, damaged=damaged_files(skipped), tilt=tilt, uneven=uneven, fourd=fourd, salt=salt,
+                      max_voxels=max_voxels, notes=notes)
+
+
+def damaged_files(skipped: Iterable[tuple[str, DicomFileError]]) -> list[Damaged]:
+    """What the truncated files among ``skipped`` (from :func:`scan_headers`) say about their series."""
+    return [d for p, exc in skipped if exc.reason == Reason.TRUNCATED and (d := identify_damaged(p))]
+
+
+def read_stack(
+    stack: Stack,
+    *,
+    damaged: Sequence[Damaged] = (),
+    tilt: TiltPolicy = "error",
+    uneven: UnevenPolicy = "error",
+    fourd: FourDPolicy = "stack",
+    salt: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    notes: Sequence[str] = (),
+) -> tuple[DicomVolume, np.ndarray, dict]:
+    """One stack (from :func:`find_series` / :func:`~medssl.data.series.group_headers`) -> (decoded volume, RAS
+    affine, safe metadata). ``damaged``: truncated files of the same scan (:func:`damaged_files`); one whose place no
+    intact file of the stack takes refuses it (:mod:`medssl.data.damage`)."""
     lost = uncovered(damaged, stack.headers)
     if lost:  # never a volume with a slice silently missing; an intact copy of a damaged slice takes its place
         raise DicomSeriesError(Reason.DAMAGED_MEMBER, f"{len(lost)} truncated file(s) of the series leave a place "
@@ -298,8 +318,9 @@ def read_dicom_volume(
         volume, affine = regularise(volume)
     h = stack.first
     meta = {
-        "series_key": stack.public_key(salt) if user_salt else None,  # random salt -> meaningless key
+        "series_key": stack.public_key(salt) if salt else None,  # a random salt would make a meaningless key
         "series_number": h.series_number,
+        "split": stack.split,
         "modality": h.modality,
         "body_part": h.body_part,
         "manufacturer": h.manufacturer,
@@ -310,7 +331,7 @@ def read_dicom_volume(
         "n_timepoints": geom.n_timepoints,
         "is_mosaic": h.is_mosaic,
         "gantry_tilt": round(geom.tilt_deg, 4),
-        "warnings": notes + list(geom.warnings),
+        "warnings": list(notes) + list(geom.warnings),
     }
     return volume, affine, meta
 
@@ -341,5 +362,6 @@ __all__ = [
     "list_files",
     "read_dicom_series",
     "read_dicom_volume",
+    "read_stack",
     "scan_headers",
 ]
