@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medssl import __version__
-from medssl.data.atomic import atomic_write_text
 from medssl.data.deid import hash_identifier
+from medssl.storage.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

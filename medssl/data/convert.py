@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from medssl.data.deid import load_or_create_salt, safe_metadata
-from medssl.data.nifti import write_nifti
 from medssl.data.dicom import DicomVolume, damaged_files, list_files, read_dicom_volume, read_stack, scan_headers
+from medssl.data.nifti import write_nifti
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomSeriesError, MedsslError, Reason
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from medssl.data.deid import hash_identifier
-from medssl.data.hashing import file_sha256
+from medssl.storage.hashing import file_sha256
 
 DUPLICATES_COLUMNS = ("kind", "series_key", "duplicate_of", "distance")
 NEAR_GRID = 32

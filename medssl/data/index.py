@@ -48,7 +48,6 @@ from pydicom.uid import UID
 
 from medssl import __version__
 from medssl.data.assess_cache import AssessCache, Outcome, group_base
-from medssl.data.atomic import atomic_write_text
 from medssl.data.crawl import Found, crawl
 from medssl.data.damage import Damaged, identify_damaged, uncovered
 from medssl.data.dedup import (
@@ -75,6 +74,7 @@ from medssl.data.lock import DEFAULT_TIMEOUT_S, folder_lock
 from medssl.data.names import archive_path, is_utf8_name, printable_name
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, Reason
+from medssl.storage.atomic import atomic_write_text
 
 FILES_COLUMNS = ("path", "size", "status", "reason", "series_key")
 #: Separates the series keys of a file that holds several stacks (files.csv ``series_key``).
