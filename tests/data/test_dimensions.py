@@ -99,6 +99,9 @@ def test_index_lists_one_row_per_stack_and_series_files_finds_the_file(tmp_path)
     by_key = series_files(tmp_path / "index", tmp_path / "archive")
     assert set(by_key) == {s["series_key"] for s in result.series}
     assert all(files == [tmp_path / "archive" / "enh.dcm"] for files in by_key.values())
+    again = build_index(tmp_path / "archive", tmp_path / "index", workers=1, progress=False)
+    assert (again.headers_read, again.stacks_assessed, again.stacks_reused) == (0, 0, 2)  # both caches reused
+    assert again.series == result.series
 
 
 def test_one_stack_file_keeps_its_unsplit_key(tmp_path):
