@@ -163,3 +163,21 @@ def test_philips_folder_index_skips_non_image_objects_with_reason(philips, tmp_p
     assert len(result.series) == 11 and not result.rejected
     assert result.indexed == 4 and result.reason_counts == {"no_pixel_data": 9}
     assert sorted(s["shape"] for s in result.series).count("80x80x6") == 8
+
+
+def test_dataset_leaves_out_stacks_it_cannot_read_yet_and_says_so(tmp_path, caplog):
+    """A file holding several stacks: ScanDataset.from_index keeps the other series and logs the ones it leaves
+    out (the preprocessing cache keys volumes by file bytes, which those stacks share)."""
+    from medssl.data.cache import PreprocessCache, PreprocessPlan
+    from medssl.data.dataset import ScanDataset
+    from tests.reliability.conftest import series
+
+    (tmp_path / "archive").mkdir()
+    _enhanced_mr(tmp_path / "archive" / "enh.dcm", _volumes())
+    series(tmp_path / "archive" / "classic")
+    build_index(tmp_path / "archive", tmp_path / "index", workers=1, progress=False)
+    cache = PreprocessCache(tmp_path / "cache", PreprocessPlan(target_spacing=(1.0, 1.0, 2.5)))
+    with caplog.at_level("WARNING"):
+        ds = ScanDataset.from_index(tmp_path / "index", tmp_path / "archive", cache, spatial_dims=3,
+                                    patch_size=(8, 8, 4))
+    assert len(ds.series_keys) == 1 and "2 series are stacks of enhanced multi-frame files" in caplog.text
