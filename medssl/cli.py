@@ -80,12 +80,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.list:
         stacks = find_series(args.source)
         table = Table(title="stacks in SOURCE (keys are salted hashes)")  # no path: folders can hold patient names
-        for col in ("#", "key" if salt else "", "series", "modality", "files", "rows x cols"):
+        for col in ("#", "key" if salt else "", "series", "split", "modality", "files", "rows x cols"):
             if col:
                 table.add_column(col)
         for i, s in enumerate(stacks, 1):
             row = [str(i)] + ([s.public_key(salt)] if salt else []) + [
-                str(s.first.series_number), s.first.modality, str(len(s.headers)), f"{s.first.rows}x{s.first.columns}"]
+                str(s.first.series_number), s.split, s.first.modality, str(len(s.headers)),
+                f"{s.first.rows}x{s.first.columns}"]
             table.add_row(*row)
         console.print(table)
         return 0

@@ -73,9 +73,10 @@ def select_stack(stacks: Sequence[Stack], series: str | int | None, salt: str, s
     if series is None:
         if len(stacks) == 1:
             return stacks[0]
-        uids = {s.raw_key[:5] for s in stacks}
+        uids = {(s.raw_key[:5], s.split) for s in stacks}  # the same except for orientation?
         listing = "; ".join(f"#{i + 1} key={s.public_key(salt)} series_number={s.first.series_number} "
-                            f"files={len(s.headers)}" for i, s in enumerate(stacks))
+                            + (f"split={s.split} " if s.split else "") + f"files={len(s.headers)}"
+                            for i, s in enumerate(stacks))
         if len(uids) == 1:  # one series split only by orientation
             raise DicomSeriesError(Reason.MIXED_ORIENTATION,
                                    f"{source_name} holds one series with {len(stacks)} orientations: {listing}",

@@ -90,6 +90,17 @@ def test_echoes_split_into_stacks_and_time_is_the_4th_axis(tmp_path):
         np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), (0.9, 0.8, 2.5), atol=1e-6)
 
 
+def test_a_file_of_several_stacks_needs_a_choice(tmp_path):
+    """Reading it without series= is ambiguous (never mixed_orientation): the error lists the split labels."""
+    from medssl.data.dicom import read_dicom_series
+    from medssl.errors import DicomSeriesError, Reason
+
+    _enhanced_mr(tmp_path / "enh.dcm", _volumes())
+    with pytest.raises(DicomSeriesError) as info:
+        read_dicom_series(tmp_path / "enh.dcm")
+    assert info.value.reason == Reason.AMBIGUOUS_SERIES and "split=echo2" in str(info.value)
+
+
 def test_index_lists_one_row_per_stack_and_series_files_finds_the_file(tmp_path):
     (tmp_path / "archive").mkdir()
     _enhanced_mr(tmp_path / "archive" / "enh.dcm", _volumes())
