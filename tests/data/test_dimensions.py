@@ -192,3 +192,23 @@ def test_dataset_leaves_out_stacks_it_cannot_read_yet_and_says_so(tmp_path, capl
         ds = ScanDataset.from_index(tmp_path / "index", tmp_path / "archive", cache, spatial_dims=3,
                                     patch_size=(8, 8, 4))
     assert len(ds.series_keys) == 1 and "2 series are stacks of enhanced multi-frame files" in caplog.text
+
+
+@pytest.mark.realdata
+def test_legacy_converted_enhanced_from_classic_ge_4d_matches_the_classic_reference(tmp_path):
+    """highdicom turns the classic GE fMRI series (150 files, 15 slices x 10 time points) into one Legacy Converted
+    Enhanced MR object indexed by InstanceNumber alone: read as one 4D stack (positions place the slices, the
+    instance number orders the time points), it equals dcm2niix's conversion of the classic files."""
+    hd = pytest.importorskip("highdicom")
+    src = require_shared("dicom", "dcm_qa_nih", "In", "20180918GE", "mr_0004")
+    datasets = [pydicom.dcmread(f) for f in sorted(src.glob("*.dcm"))]
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(datasets, series_instance_uid=generate_uid(),
+                                                         series_number=99, sop_instance_uid=generate_uid(),
+                                                         instance_number=1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    [stack] = find_series(tmp_path / "enhanced.dcm")
+    assert stack.split == "" and len(stack.frame_group.frames) == 150
+    convert_series(tmp_path / "enhanced.dcm", tmp_path / "out.nii.gz")
+    ok, why = _same()(tmp_path / "out.nii.gz",
+                      require_shared("dicom", "dcm_qa_nih", "Ref", "DCM2NIIX_regression_test_4.nii"))
+    assert ok, why
