@@ -140,12 +140,13 @@ def _degenerate(position, orientation, spacing) -> str:
     if orientation is not None:
         if not all(map(math.isfinite, orientation)):
             return "ImageOrientationPatient is not finite"
-        row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
-        norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+        row, col = orientation[:3], orientation[3:]  # (math, not numpy: this runs for every file the index plans)
+        norms = (math.hypot(*row), math.hypot(*col))
         if abs(norms[0] - 1) > ORTHONORMAL_TOL or abs(norms[1] - 1) > ORTHONORMAL_TOL:
             return f"ImageOrientationPatient vectors have lengths {norms[0]:.3g}, {norms[1]:.3g}, not 1"
-        if abs(float(row @ col)) > ORTHONORMAL_TOL:
-            return f"ImageOrientationPatient vectors are not orthogonal (cosine {float(row @ col):.3g})"
+        cosine = sum(a * b for a, b in zip(row, col))
+        if abs(cosine) > ORTHONORMAL_TOL:
+            return f"ImageOrientationPatient vectors are not orthogonal (cosine {cosine:.3g})"
     if position is not None and not all(map(math.isfinite, position)):
         return "ImagePositionPatient is not finite"
     return ""

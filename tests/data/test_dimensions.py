@@ -23,9 +23,12 @@ from tests.conftest import require_shared
 STACK_ID, IN_STACK, TEMPORAL, ECHO_TIME = 0x00209056, 0x00209057, 0x00209128, 0x00189082
 
 
-def _enhanced_mr(path: Path, volumes: dict[int, np.ndarray], spacing=(0.9, 0.8, 2.5), seed: int = 0) -> None:
+def _enhanced_mr(path: Path, volumes: dict[int, np.ndarray], spacing=(0.9, 0.8, 2.5), seed: int = 0,
+                 pointers=(STACK_ID, IN_STACK, TEMPORAL, ECHO_TIME),
+                 index=lambda e, z, t: [1, z + 1, t + 1, e]) -> None:
     """One Enhanced MR file holding one 4D volume (X, Y, Z, T) per echo (``volumes``: echo index -> array); frames
-    stored in a shuffled order, indexed by (stack, in-stack position, temporal position, effective echo time)."""
+    stored in a shuffled order, indexed by (stack, in-stack position, temporal position, effective echo time), or
+    by ``pointers`` with ``index(e, z, t)`` giving each frame's DimensionIndexValues."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -40,7 +43,7 @@ def _enhanced_mr(path: Path, volumes: dict[int, np.ndarray], spacing=(0.9, 0.8, 
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     dims = []
-    for pointer in (STACK_ID, IN_STACK, TEMPORAL, ECHO_TIME):
+    for pointer in pointers:
         item = Dataset()
         item.DimensionIndexPointer = pointer
         item.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
@@ -59,7 +62,7 @@ def _enhanced_mr(path: Path, volumes: dict[int, np.ndarray], spacing=(0.9, 0.8, 
         f = Dataset()
         pp, fc, pvt = Dataset(), Dataset(), Dataset()
         pp.ImagePositionPatient = [-10.0, 5.0, 30.0 + z * spacing[2]]
-        fc.DimensionIndexValues = [1, z + 1, t + 1, e]
+        fc.DimensionIndexValues = index(e, z, t)
         pvt.RescaleSlope, pvt.RescaleIntercept = 2, -7
         f.PlanePositionSequence, f.FrameContentSequence = Seq([pp]), Seq([fc])
         f.PixelValueTransformationSequence = Seq([pvt])
@@ -99,6 +102,29 @@ def test_a_file_of_several_stacks_needs_a_choice(tmp_path):
     with pytest.raises(DicomSeriesError) as info:
         read_dicom_series(tmp_path / "enh.dcm")
     assert info.value.reason == Reason.AMBIGUOUS_SERIES and "split=echo2" in str(info.value)
+
+
+COMPLEX, B_VALUE, GRADIENT = 0x00089208, 0x00189087, 0x00189089
+
+
+def test_complex_components_split_and_diffusion_is_the_4th_axis_last_dimension_slowest(tmp_path):
+    """Magnitude and phase (complex component) are two stacks; b-value and gradient direction both index the 4th
+    axis, the dimension listed last (gradient direction) varying slowest."""
+    vols = _volumes()  # 3 volumes per component, written with these (b-value, direction) index pairs
+    pairs = [(2, 1), (1, 2), (1, 1)]
+    order = sorted(range(3), key=lambda t: (pairs[t][1], pairs[t][0]))  # gradient slowest, then b-value
+    assert order == [2, 0, 1]  # (b-value slowest would give [2, 1, 0]; file order [0, 1, 2])
+
+    def index(e, z, t):
+        return [1, z + 1, e, *pairs[t]]
+
+    _enhanced_mr(tmp_path / "dwi.dcm", vols, pointers=(STACK_ID, IN_STACK, COMPLEX, B_VALUE, GRADIENT),
+                 index=index)
+    stacks = find_series(tmp_path / "dwi.dcm")
+    assert [s.split for s in stacks] == ["complex1", "complex2"]
+    for n, component in ((1, 1), (2, 2)):
+        volume, _, meta = read_dicom_volume(tmp_path / "dwi.dcm", series=n)
+        np.testing.assert_array_equal(volume.values(), (vols[component] * 2 - 7)[..., order])
 
 
 def test_index_lists_one_row_per_stack_and_series_files_finds_the_file(tmp_path):
