@@ -307,7 +307,7 @@ def _assess_group(base: tuple, members: list[Found], records: dict[str, tuple], 
     for stack in group_headers(headers):
         if stack.raw_key[:len(base)] != base:  # (after it: the orientation rank, and an enhanced file's split)
             raise AssertionError(f"group_base {base!r} disagrees with group_headers {stack.raw_key[:len(base)]!r}")
-        key = stack.public_key(salt)
+        key = stack.public_key(salt, uids_hashed=True)  # (header records hold salted hashes of the UIDs)
         status, reason, row, rejected = _assess_stack(stack, key, salt, archive, policy, damaged)
         order = (stack.first.series_number or 0, stack.first.echo_number or 0, str(stack.raw_key))
         outcomes.append(Outcome(order, tuple(position[h.path] for h in stack.headers), status, reason, key, row,

@@ -19,6 +19,8 @@ from medssl.data.deid import hash_identifier
 from medssl.data.dicom_header import DicomHeader
 from medssl.data.dimensions import FrameGroup, frame_groups
 
+#: Positions of UIDs in :attr:`Stack.raw_key` (SeriesInstanceUID, the multi-frame object's SOPInstanceUID).
+_UID_POSITIONS = (0, 4)
 #: Two orientations closer than this (max abs difference of direction cosines) are the same plane.
 ORIENTATION_TOL = 1e-3
 
@@ -38,9 +40,16 @@ class Stack:
         """Split label of an enhanced file's stack (``echo2``, ``trigger3`` ...; "" when not split)."""
         return self.frame_group.label if self.frame_group is not None else ""
 
-    def public_key(self, salt: str) -> str:
-        """Salted, non-reversible key (never the raw UID)."""
-        return hash_identifier("|".join(map(str, self.raw_key)), salt)
+    def public_key(self, salt: str, *, uids_hashed: bool = False) -> str:
+        """Salted, non-reversible key (never the raw UID). The archive index groups headers whose UIDs it already
+        replaced by salted hashes (``uids_hashed=True``); headers read directly hold the raw UIDs, which are hashed
+        here the same way first, so ``medssl convert --index DIR`` and the reader name a stack with the key
+        series.csv gives it."""
+        key = self.raw_key
+        if not uids_hashed:  # raw_key = (SeriesInstanceUID, ..., multi-frame SOPInstanceUID, ...): as the index
+            hashed = [hash_identifier(key[i], salt) if key[i] else "" for i in _UID_POSITIONS]
+            key = (hashed[0], *key[1:4], hashed[1], *key[5:])
+        return hash_identifier("|".join(map(str, key)), salt)
 
     @property
     def first(self) -> DicomHeader:

@@ -119,3 +119,23 @@ def test_siemens_mosaic_folder_converts_to_every_reference(tmp_path):
     assert [o.status for o in result.stacks] == ["written"] * 4
     refs = [root / "Ref" / f"EPI_PE={pe}_{n}.nii" for pe, n in (("AP", 3), ("PA", 4), ("RL", 5), ("LR", 6))]
     assert all(any(same(o.written[0], ref)[0] for o in result.stacks) for ref in refs)
+
+
+def test_keys_agree_with_the_index(folder, tmp_path, capsys):
+    """With --index, convert names stacks by the keys series.csv gives them (the index hashes UIDs before keying,
+    the reader now hashes them the same way), so a series.csv key picks its stack, split stacks included."""
+    from medssl.data.deid import load_or_create_salt
+    from medssl.data.dicom import read_dicom_volume
+    from medssl.data.index import build_index
+
+    result = build_index(folder, tmp_path / "index", workers=1, progress=False)
+    keys = {s["series_key"] for s in result.series}
+    assert len(keys) == 4
+    salt = load_or_create_salt(tmp_path / "index")
+    for key in keys:
+        read_dicom_volume(folder, series=key, salt=salt)  # found, unambiguous
+    converted = convert_folder(folder, tmp_path / "out", salt=salt)
+    assert {o.series_key for o in converted.stacks if o.status == "written"} == keys
+    assert main(["convert", str(folder), "--list", "--index", str(tmp_path / "index")]) == 0
+    listing = capsys.readouterr().out
+    assert all(key in listing for key in keys)

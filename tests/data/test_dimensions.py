@@ -141,6 +141,19 @@ def test_index_lists_one_row_per_stack_and_series_files_finds_the_file(tmp_path)
     assert again.series == result.series
 
 
+def test_dedup_reads_each_stack_of_a_shared_file(tmp_path):
+    """--dedup fingerprints every stack of a file that holds several (by key), and finds an exact copy of the file
+    under new UIDs as duplicates of both stacks."""
+    (tmp_path / "archive").mkdir()
+    vols = {1: _volumes()[1], 2: np.random.default_rng(5).integers(0, 3000, _volumes()[1].shape)}  # unlike echoes
+    _enhanced_mr(tmp_path / "archive" / "enh.dcm", vols)
+    _enhanced_mr(tmp_path / "archive" / "copy.dcm", vols, seed=1)  # same pixels, new UIDs, other frame order
+    result = build_index(tmp_path / "archive", tmp_path / "index", workers=1, progress=False, dedup=True)
+    assert len(result.series) == 4
+    assert sorted(r["kind"] for r in result.duplicates) == ["series", "series"]
+    assert sorted(s["status"] for s in result.series) == ["duplicate", "duplicate", "ok", "ok"]
+
+
 def test_one_stack_file_keeps_its_unsplit_key(tmp_path):
     """A dimension along which all frames agree splits nothing: single-echo files keep the keys they had."""
     _enhanced_mr(tmp_path / "enh.dcm", {1: _volumes()[1]})
