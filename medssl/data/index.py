@@ -7,7 +7,9 @@
   ``series_key`` (empty for files skipped before grouping; filled for localizers and files of rejected stacks; an
   enhanced multi-frame file that holds several stacks lists all their keys, separated by ``;``).
 - ``series.csv``: usable volumes only (``ok``, or ``ok_with_warnings`` when tilt/uneven resampling was opted in),
-  described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
+  described from headers alone (no pixel decoding), one row per stack: an enhanced multi-frame file split by its
+  dimension index gives one row per stack, its ``split`` column naming which (``echo2``, ``trigger3``; empty
+  otherwise, see :mod:`medssl.data.dimensions`); ``rejected_series.csv``: stacks that failed validation.
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
   settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers, and the salted content
   digests ``--dedup`` computed, keyed by a salted hash of the relative path, reused while a file's
@@ -81,7 +83,7 @@ FILES_COLUMNS = ("path", "size", "status", "reason", "series_key")
 KEY_SEPARATOR = ";"
 SERIES_COLUMNS = ("series_key", "modality", "body_part", "manufacturer", "rows", "columns", "n_slices",
                   "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status", "patient_key",
-                  "patient_key_source")
+                  "patient_key_source", "split")
 #: series.csv statuses of volumes that datasets use (the others: dedup's ``duplicate`` / ``near_duplicate``)
 USABLE_STATUSES = ("ok", "ok_with_warnings")
 REJECTED_COLUMNS = ("series_key", "reason", "n_files", "message")
@@ -266,7 +268,7 @@ def _series_row(key: str, stack: Stack, geom: StackGeometry, salt: str) -> dict:
             "n_timepoints": geom.n_timepoints, "shape": "x".join(str(s) for s in geom.shape),
             "spacing": "x".join(_fmt(s) for s in geom.spacing), "n_files": len(stack.headers),
             "is_mosaic": h.is_mosaic, "status": "ok_with_warnings" if geom.warnings else "ok",
-            "patient_key": patient_key, "patient_key_source": patient_source}
+            "patient_key": patient_key, "patient_key_source": patient_source, "split": stack.split}
 
 
 def _assess_stack(stack: Stack, key: str, salt: str, archive: Path, policy: dict,

@@ -132,6 +132,7 @@ def test_index_lists_one_row_per_stack_and_series_files_finds_the_file(tmp_path)
     _enhanced_mr(tmp_path / "archive" / "enh.dcm", _volumes())
     result = build_index(tmp_path / "archive", tmp_path / "index", workers=1, progress=False)
     assert [s["shape"] for s in result.series] == ["6x5x4x3", "6x5x4x3"] and not result.rejected
+    assert [s["split"] for s in result.series] == ["echo1", "echo2"]
     assert result.indexed == 1 and result.skipped == 0
     by_key = series_files(tmp_path / "index", tmp_path / "archive")
     assert set(by_key) == {s["series_key"] for s in result.series}
