@@ -93,7 +93,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not args.out:
         console.print("[red]convert needs OUT.nii.gz, OUT_DIR/ (or --list)[/]")
         return 2
-    if args.series is None and is_folder_target(args.out):
+    if is_folder_target(args.out):
+        if args.series is not None:
+            console.print("[red]--series converts one stack: give OUT as a .nii or .nii.gz file[/]")
+            return 2
         return _convert_folder(args, salt)
     written = convert_series(args.source, args.out, series=args.series, tilt=args.tilt, uneven=args.uneven,
                              fourd=args.fourd, salt=salt)

@@ -88,9 +88,10 @@ def test_same_salt_same_names(folder, tmp_path):
     assert [o.name for o in a.stacks] == [o.name for o in b.stacks]
 
 
-def test_folder_target_detection(tmp_path):
+def test_folder_target_detection(tmp_path, folder):
     assert is_folder_target("out/") and is_folder_target(tmp_path) and is_folder_target("out")
     assert not is_folder_target("x.nii.gz") and not is_folder_target("x.nii")
+    assert main(["convert", str(folder), str(tmp_path / "o") + "/", "--series", "2"]) == 2  # one stack: a file
 
 
 @pytest.mark.realdata
