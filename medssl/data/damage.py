@@ -26,6 +26,7 @@ import pydicom
 
 from medssl.data.deid import hash_identifier
 from medssl.data.dicom_header import DicomHeader
+from medssl.data.series import ORIENTATION_TOL
 
 #: Two positions closer than this (mm, every coordinate) are the same place.
 POSITION_TOL_MM = 1e-3
@@ -40,6 +41,8 @@ class Damaged:
     sop_instance_uid: str = ""
     echo_number: float | None = None
     position: tuple[float, float, float] | None = None
+    orientation: tuple[float, ...] | None = None
+    is_localizer: bool | None = None  # None: ImageType unreadable
 
     def hashed(self, salt: str) -> Damaged:
         """The same with UIDs as the index's header records hold them (salted hashes)."""
@@ -48,7 +51,8 @@ class Damaged:
 
     def material(self) -> list:
         """JSON-able identity (no path, hashed UIDs expected) for the index's assessment-cache key."""
-        return [self.sop_instance_uid, self.echo_number, list(self.position) if self.position else None]
+        return [self.sop_instance_uid, self.echo_number, list(self.position) if self.position else None,
+                list(self.orientation) if self.orientation else None, self.is_localizer]
 
 
 def _uid(value) -> str:
@@ -61,30 +65,48 @@ def identify_damaged(path: str | Path) -> Damaged | None:
     SeriesInstanceUID survives (then it cannot have belonged to any series we could tell)."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=[
-            "SeriesInstanceUID", "SOPInstanceUID", "EchoNumbers", "ImagePositionPatient"])
+            "SeriesInstanceUID", "SOPInstanceUID", "EchoNumbers", "ImagePositionPatient", "ImageOrientationPatient",
+            "ImageType"])
     except Exception:  # noqa: BLE001 - best effort on a broken file
         return None
     series = _uid(ds.get("SeriesInstanceUID"))
     if not series:
         return None
+    position, orientation = _floats(ds.get("ImagePositionPatient"), 3), _floats(ds.get("ImageOrientationPatient"), 6)
     try:
-        position = tuple(float(v) for v in ds.get("ImagePositionPatient") or ())
-    except (TypeError, ValueError):
-        position = ()
+        image_type = [str(v).upper() for v in ds["ImageType"].value] if "ImageType" in ds else None
+    except (TypeError, ValueError, KeyError):
+        image_type = None
     try:
         echo = float(ds.get("EchoNumbers")) if ds.get("EchoNumbers") not in (None, "") else None
     except (TypeError, ValueError):
         echo = None
-    ok_position = len(position) == 3 and all(map(math.isfinite, position))
-    return Damaged(str(path), series, _uid(ds.get("SOPInstanceUID")), echo, position if ok_position else None)
+    return Damaged(str(path), series, _uid(ds.get("SOPInstanceUID")), echo, position, orientation,
+                   None if image_type is None else "LOCALIZER" in image_type)
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value or ())
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(map(math.isfinite, out)) else None
 
 
 def belongs_to(d: Damaged, headers: Sequence[DicomHeader]) -> bool:
-    """Whether the damaged file claims the stack of ``headers`` (same series; same echo when both are known)."""
+    """Whether the damaged file claims the stack of ``headers``: same series, and -- where the damaged header still
+    says -- the same echo, localizer or not, and the same slice orientation (a cut-off scout slice of the series
+    does not take its main stack with it)."""
     h = headers[0]
     if d.series_uid != h.series_uid:
         return False
-    return d.echo_number is None or h.echo_number is None or d.echo_number == h.echo_number
+    if d.echo_number is not None and h.echo_number is not None and d.echo_number != h.echo_number:
+        return False
+    if d.is_localizer is not None and d.is_localizer != h.is_localizer:
+        return False
+    if d.orientation is not None and h.orientation is not None:
+        return max(abs(a - b) for a, b in zip(d.orientation, h.orientation)) <= ORIENTATION_TOL
+    return True
 
 
 def uncovered(damaged: Sequence[Damaged], headers: Sequence[DicomHeader]) -> list[Damaged]:

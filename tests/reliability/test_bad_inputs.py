@@ -17,6 +17,7 @@ truncated_pixel_data                  truncated                    truncated
 truncated_slice_in_series             damaged_member               truncated, damaged_member x5 (series refused)
 truncated_copy_elsewhere              ok (intact series whole)     indexed x6, truncated
 truncated_slice_resent_intact         ok (re-sent copy fills it)   indexed x6, truncated
+truncated_scout_of_the_series         ok (scout is not a slice)    indexed x6, truncated
 non_utf8_file_name                    ok (file read)               indexed x6 (name escaped)
 pixel_spacing_zero                    bad_geometry                 bad_geometry x6
 pixel_spacing_negative                bad_geometry                 bad_geometry x6
@@ -203,6 +204,26 @@ def truncated_resent(d: Path) -> Built:
         np.testing.assert_array_equal(img.numpy(), vol)
 
     return Built(d, [files[-1]], check)
+
+
+def truncated_scout(d: Path) -> Built:
+    """A sagittal localizer slice of the same series arrived cut short: it claims the series UID, but its header
+    still says it is a localizer in another orientation, so the axial stack keeps all its slices."""
+    vol = ramp()
+    files = series(d, vol=vol)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    sag = np.array([[0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    from medssl.data.phantoms import write_dicom_series
+
+    [scout] = write_dicom_series(ramp((16, 16, 1)), sag, d / "scout", series_uid=uid, series_number=1,
+                                 extra={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})
+    data = scout.read_bytes()
+    scout.write_bytes(data[: len(data) - 200])
+
+    def check(img):
+        np.testing.assert_array_equal(img.numpy(), vol)
+
+    return Built(d, [scout], check)
 
 
 def non_utf8_name(d: Path) -> Built:
@@ -614,6 +635,7 @@ CASES = [
     Case("truncated_slice_in_series", truncated_member, "damaged_member", C(("truncated", 1), ("damaged_member", 5))),
     Case("truncated_copy_elsewhere", truncated_copy_elsewhere, "ok", C(("", 6), ("truncated", 1))),
     Case("truncated_slice_resent_intact", truncated_resent, "ok", C(("", 6), ("truncated", 1))),
+    Case("truncated_scout_of_the_series", truncated_scout, "ok", C(("", 6), ("truncated", 1))),
     Case("non_utf8_file_name", non_utf8_name, "ok", C(("", 6))),
     Case("pixel_spacing_zero", degenerate(PixelSpacing=[0, 0]), "bad_geometry", C(("bad_geometry", 6))),
     Case("pixel_spacing_negative", degenerate(PixelSpacing=[-1, 1]), "bad_geometry", C(("bad_geometry", 6))),
