@@ -39,7 +39,7 @@ ASSESS_CACHE_FILE = ".assessments.json"
 ASSESS_FORMAT = 1
 #: Modules whose code decides an assessment: grouping, geometry planning, decoder checks, reason codes, the rows.
 _ASSESSING_MODULES = ("medssl.data.index", "medssl.data.assess_cache", "medssl.data.series", "medssl.data.geometry",
-                      "medssl.data.damage",
+                      "medssl.data.damage", "medssl.data.dimensions", "medssl.data.geometry_values",
                       "medssl.data.mosaic", "medssl.data.dicom_header", "medssl.errors")
 _STATUSES = ("indexed", "skipped")
 
