@@ -72,7 +72,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from medssl.data.convert import convert_series
+    from medssl.data.convert import convert_series, is_folder_target
     from medssl.data.deid import load_or_create_salt
     from medssl.data.dicom import find_series
 
@@ -80,23 +80,49 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.list:
         stacks = find_series(args.source)
         table = Table(title="stacks in SOURCE (keys are salted hashes)")  # no path: folders can hold patient names
-        for col in ("#", "key" if salt else "", "series", "modality", "files", "rows x cols"):
+        for col in ("#", "key" if salt else "", "series", "split", "modality", "files", "rows x cols"):
             if col:
                 table.add_column(col)
         for i, s in enumerate(stacks, 1):
             row = [str(i)] + ([s.public_key(salt)] if salt else []) + [
-                str(s.first.series_number), s.first.modality, str(len(s.headers)), f"{s.first.rows}x{s.first.columns}"]
+                str(s.first.series_number), s.split, s.first.modality, str(len(s.headers)),
+                f"{s.first.rows}x{s.first.columns}"]
             table.add_row(*row)
         console.print(table)
         return 0
     if not args.out:
-        console.print("[red]convert needs OUT.nii.gz (or --list)[/]")
+        console.print("[red]convert needs OUT.nii.gz, OUT_DIR/ (or --list)[/]")
         return 2
+    if is_folder_target(args.out):
+        if args.series is not None:
+            console.print("[red]--series converts one stack: give OUT as a .nii or .nii.gz file[/]")
+            return 2
+        return _convert_folder(args, salt)
     written = convert_series(args.source, args.out, series=args.series, tilt=args.tilt, uneven=args.uneven,
                              fourd=args.fourd, salt=salt)
     for path in written:
         console.print(f"wrote {path}")
     return 0
+
+
+def _convert_folder(args: argparse.Namespace, salt: str | None) -> int:
+    """``medssl convert FOLDER OUT_DIR/``: every stack, one table row each; exit 0 when every image stack was
+    written (localizers are skipped by design), DATA_ERROR otherwise."""
+    from medssl.data.convert import convert_folder
+
+    result = convert_folder(args.source, args.out, tilt=args.tilt, uneven=args.uneven, fourd=args.fourd, salt=salt)
+    table = Table(title=f"stacks converted into {args.out} (names: series number, split, salted key)")
+    for col in ("name", "status", "reason"):
+        table.add_column(col)
+    for o in result.stacks:
+        table.add_row(o.name, o.status, o.reason)
+    console.print(table)
+    if result.skipped_files:
+        console.print("files skipped: " + ", ".join(f"{k} {v}" for k, v in result.skipped_files.items()))
+    written = sum(o.status == "written" for o in result.stacks)
+    failed = [o for o in result.stacks if o.status != "written" and o.reason != "localizer"]
+    console.print(f"wrote {written} of {len(result.stacks)} stacks; see {escape(str(result.table))}")
+    return DATA_ERROR if failed or not written else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("convert", help="convert one DICOM series to NIfTI")
+    p = sub.add_parser("convert", help="convert DICOM to NIfTI: one stack to OUT.nii.gz, or every stack to OUT_DIR/")
     p.add_argument("source", help="DICOM folder or file")
-    p.add_argument("out", nargs="?", help="output .nii or .nii.gz")
+    p.add_argument("out", nargs="?", help="output .nii or .nii.gz (one stack), or a folder (OUT_DIR/: every stack, "
+                   "named <series number>[_<split>]_<salted key>.nii.gz, with conversion.csv)")
     p.add_argument("--series", help="stack to convert when the folder holds several: number from --list or key")
     p.add_argument("--list", action="store_true", help="list the stacks in SOURCE and exit")
     p.add_argument("--index", help="index folder whose salt is used for series keys (as in series.csv)")

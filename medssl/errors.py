@@ -40,6 +40,8 @@ class Reason(str, Enum):
     AMBIGUOUS_SERIES = "ambiguous_series"
     EMPTY_SERIES = "empty_series"
     LOCALIZER = "localizer"  # a scout/localizer stack: valid DICOM, but not a training volume
+    BAD_GEOMETRY = "bad_geometry"  # zero/negative/NaN pixel spacing, zero or non-orthonormal orientation vectors
+    DAMAGED_MEMBER = "damaged_member"  # intact file of a series left incomplete by a damaged (truncated) member
     # NIfTI
     BAD_NIFTI_HEADER = "bad_nifti_header"
     NON_ORTHONORMAL_AFFINE = "non_orthonormal_affine"

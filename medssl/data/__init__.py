@@ -1,6 +1,6 @@
 """Data layer: DICOM/NIfTI readers, archive index, preprocessing cache, datasets, phantoms.
 
-The public names below are imported lazily (on first use), so ``import medssl.data.atomic`` stays cheap::
+The public names below are imported lazily (on first use), so importing one submodule stays cheap::
 
     from medssl.data import read_dicom_series, read_nifti, write_nifti, find_series, build_index
 """

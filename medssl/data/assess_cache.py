@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medssl import __version__
-from medssl.data.atomic import atomic_write_text
 from medssl.data.deid import hash_identifier
+from medssl.storage.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ ASSESS_CACHE_FILE = ".assessments.json"
 ASSESS_FORMAT = 1
 #: Modules whose code decides an assessment: grouping, geometry planning, decoder checks, reason codes, the rows.
 _ASSESSING_MODULES = ("medssl.data.index", "medssl.data.assess_cache", "medssl.data.series", "medssl.data.geometry",
+                      "medssl.data.damage", "medssl.data.dimensions", "medssl.data.geometry_values",
                       "medssl.data.mosaic", "medssl.data.dicom_header", "medssl.errors")
 _STATUSES = ("indexed", "skipped")
 
@@ -116,7 +117,8 @@ def _outcomes(entry, n_members: int, series_columns: tuple[str, ...],
             raise ValueError("inconsistent outcome")
         out.append(outcome)
         seen += members
-    if sorted(seen) != list(range(n_members)):
+    if sorted(set(seen)) != list(range(n_members)) or (len(seen) != n_members and n_members != 1):
+        # (stacks partition a group's files; only a group of one enhanced file is shared by its split stacks)
         raise ValueError("members do not partition the group")
     return out
 

@@ -29,7 +29,7 @@ from monai.data import MetaTensor
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from medssl.data.hashing import (  # noqa: F401 - re-exported: the cache's public vocabulary
+from medssl.storage.hashing import (  # noqa: F401 - re-exported: the cache's public vocabulary
     CHUNK, RACY_WINDOW_NS, PathLike, Source, _atomic_write, _hash_file, _stat_key, content_hash, source_files,
 )
 from medssl.data.plan import (  # noqa: F401

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from medssl.data.cache import PathLike, PreprocessCache, Source
 from medssl.data.lock import DEFAULT_TIMEOUT_S, folder_lock
+from medssl.data.names import archive_path
 from medssl.errors import MedsslError, NiftiError, Reason
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,22 @@ class ScanDataset(Dataset):
             patient_of = {r["series_key"]: r.get("patient_key") or r["series_key"] for r in usable}
             files: dict[str, list[Path]] = defaultdict(list)
             wanted = set(keys)
+            shared: set[str] = set()  # stacks of enhanced files that hold several (files.csv keys "k1;k2")
             with open(index_dir / "files.csv", newline="") as fh:
                 for r in csv.DictReader(fh):
-                    if r["status"] == "indexed" and r["series_key"] in wanted:
-                        files[r["series_key"]].append(archive_root / r["path"])
+                    row_keys = r["series_key"].split(";")
+                    if len(row_keys) > 1:
+                        shared.update(row_keys)
+                    elif r["status"] == "indexed" and r["series_key"] in wanted:
+                        files[r["series_key"]].append(archive_path(archive_root, r["path"]))
             policy = _index_policy(index_dir)
+        left_out = [k for k in keys if k in shared]
+        if left_out:
+            # the preprocessing cache keys a volume by its files' bytes, which the stacks of one file share: reading
+            # them needs a source that names the stack (a follow-up); said here rather than dropped silently
+            log.warning("%d series are stacks of enhanced multi-frame files that hold several stacks; the dataset "
+                        "cannot read those yet and leaves them out (series keys %s)", len(left_out),
+                        ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
         keys = [k for k in keys if files[k]]
         if policy and cache.loader is None:
             # series the crawler accepted only under an opt-in policy (tilt correction, resampling) must be read

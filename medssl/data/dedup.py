@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from medssl.data.deid import hash_identifier
-from medssl.data.hashing import file_sha256
+from medssl.storage.hashing import file_sha256
 
 DUPLICATES_COLUMNS = ("kind", "series_key", "duplicate_of", "distance")
 NEAR_GRID = 32
@@ -163,9 +163,11 @@ def _fingerprint_job(key: str, source: Any, policy: dict[str, str]) -> tuple[str
 
 
 def fingerprint_all(jobs: Sequence[tuple[str, Any]], policy: dict[str, str], workers: int,
-                    show: bool) -> dict[str, Fingerprint]:
+                    show: bool, options: dict[str, dict] | None = None) -> dict[str, Fingerprint]:
     """``(series key, source)`` -> fingerprints, decoded in a process pool when ``workers > 1``, behind a rich
-    progress bar (``show``)."""
+    progress bar (``show``). ``options``: extra reader options per series key (which stack of a file that holds
+    several: ``{"series": key, "salt": salt}``)."""
+    options = options or {}
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -181,11 +183,12 @@ def fingerprint_all(jobs: Sequence[tuple[str, Any]], policy: dict[str, str], wor
         task = bar.add_task("dedup", total=len(jobs))
         if workers <= 1 or len(jobs) < 2:
             for key, source in jobs:
-                out[key] = fingerprint(source, policy)
+                out[key] = fingerprint(source, {**policy, **options.get(key, {})})
                 bar.advance(task)
         else:
             with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                futures = [pool.submit(_fingerprint_job, key, source, policy) for key, source in jobs]
+                futures = [pool.submit(_fingerprint_job, key, source, {**policy, **options.get(key, {})})
+                           for key, source in jobs]
                 for fut in as_completed(futures):
                     key, fp = fut.result()
                     out[key] = fp
@@ -267,12 +270,18 @@ def mark_duplicates(found: Sequence[Any], placed: dict[str, tuple[str, str, str]
     ``(status, reason, series key)``) and series.csv rows: duplicates.csv rows (file copies, then series and near
     duplicates, whose series rows get their :data:`STATUS` here) and the number of series that did not decode."""
     members: dict[str, list[tuple[str, str]]] = {}
+    options: dict[str, dict] = {}  # stacks of an enhanced file that holds several: read by their key
     for f in found:
         state = placed.get(f.path)
         if state and state[0] == "indexed":
-            members.setdefault(state[2], []).append((f.rel, f.path))
+            keys = state[2].split(";")  # (files.csv lists every stack of such a file)
+            for key in keys:
+                members.setdefault(key, []).append((f.rel, f.path))
+                if len(keys) > 1:
+                    options[key] = {"series": key, "salt": salt}
     order = sorted((s["series_key"] for s in series), key=lambda k: min(members[k]))  # keep the first by path
-    prints = fingerprint_all([(k, [p for _, p in sorted(members[k])]) for k in order], policy, workers, show)
+    prints = fingerprint_all([(k, [p for _, p in sorted(members[k])]) for k in order], policy, workers, show,
+                             options)
     rows = [{"kind": "file", "series_key": file_key(rel, salt), "duplicate_of": file_key(orig, salt), "distance": 0}
             for rel, orig in sorted(copies.items())]
     found_series = find_duplicates(order, prints, max_distance)

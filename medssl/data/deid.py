@@ -21,7 +21,7 @@ SAFE_KEYS = frozenset(
         "modality", "body_part", "manufacturer", "transfer_syntax", "rows", "columns", "n_files", "n_slices",
         "n_timepoints", "photometric", "bits_stored", "pixel_representation", "is_mosaic", "image_type",
         "slice_thickness", "spacing", "shape", "orientation", "series_key", "series_number", "echo_number",
-        "gantry_tilt", "rescale_slope", "rescale_intercept", "space", "policy",
+        "gantry_tilt", "rescale_slope", "rescale_intercept", "space", "policy", "split",
     }
 )
 
@@ -45,9 +45,13 @@ def load_or_create_salt(directory: str | Path) -> str:
     return salt
 
 
-def hash_identifier(value: str, salt: str, length: int = 16) -> str:
-    """Keyed hash of an identifier (UID, composite key); stable for a given salt."""
-    return hmac.new(salt.encode(), str(value).encode(), hashlib.sha256).hexdigest()[:length]
+def hash_identifier(value: str | bytes, salt: str, length: int = 16) -> str:
+    """Keyed hash of an identifier (UID, composite key, relative path); stable for a given salt.
+
+    Text is hashed as its UTF-8 bytes; a file name that is not valid UTF-8 (which Python carries as lone surrogates,
+    PEP 383) is hashed as its original bytes, so any name the file system holds has a key."""
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+    return hmac.new(salt.encode(), data, hashlib.sha256).hexdigest()[:length]
 
 
 def safe_metadata(meta: dict) -> dict:

@@ -2,7 +2,8 @@
 
 ``read_dicom_series(source)`` finds the stacks in ``source`` (a folder, a file, or a list of files), picks one
 (``series=`` key or number; an error lists them when the choice is ambiguous; localizer stacks mixed into the folder
-are left out, with a warning, unless ``series=`` asks for one), refuses a stack one of whose files is truncated,
+are left out, with a warning, unless ``series=`` asks for one), refuses a stack one of whose files is truncated
+unless an intact file takes its place (:mod:`medssl.data.damage`),
 validates its geometry under a strict policy (:mod:`medssl.data.geometry`), decodes pixels (compressed transfer
 syntaxes through pydicom's pylibjpeg / gdcm plugins), applies RescaleSlope/Intercept per slice and returns a :class:`monai.data.MetaTensor` of shape
 (X, Y, Z) or (X, Y, Z, T) with a RAS affine, plus metadata free of patient identifiers.
@@ -16,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from medssl.data.damage import Damaged, identify_damaged, uncovered
 from medssl.data.deid import new_salt
 from medssl.data.dicom_header import (
     DEFAULT_MAX_VOXELS,
     DicomHeader,
     decoder_available,
     read_header,
-    series_uid_of_damaged,
 )
 from medssl.data.geometry import (
     TILT_TOL_DEG,
@@ -72,9 +73,10 @@ def select_stack(stacks: Sequence[Stack], series: str | int | None, salt: str, s
     if series is None:
         if len(stacks) == 1:
             return stacks[0]
-        uids = {s.raw_key[:5] for s in stacks}
+        uids = {(s.raw_key[:5], s.split) for s in stacks}  # the same except for orientation?
         listing = "; ".join(f"#{i + 1} key={s.public_key(salt)} series_number={s.first.series_number} "
-                            f"files={len(s.headers)}" for i, s in enumerate(stacks))
+                            + (f"split={s.split} " if s.split else "") + f"files={len(s.headers)}"
+                            for i, s in enumerate(stacks))
         if len(uids) == 1:  # one series split only by orientation
             raise DicomSeriesError(Reason.MIXED_ORIENTATION,
                                    f"{source_name} holds one series with {len(stacks)} orientations: {listing}",
@@ -259,8 +261,6 @@ def read_dicom_volume(
     max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[DicomVolume, np.ndarray, dict]:
     """Lower-level reader: (decoded volume, RAS affine, safe metadata), with resampling applied where asked."""
-    user_salt = salt
-    salt = salt or new_salt()
     name = str(source) if isinstance(source, (str, Path)) else f"{len(source)} files"
     headers, skipped = scan_headers(list_files(source), max_voxels=max_voxels)
     if not headers and skipped:
@@ -273,12 +273,35 @@ def read_dicom_volume(
     if series is None and scouts and len(scouts) < len(stacks):  # a localizer mixed in is never the volume asked for
         stacks = [s for s in stacks if not s.first.is_localizer]
         notes.append(f"left out {sum(len(s.headers) for s in scouts)} localizer file(s)")
-    stack = select_stack(stacks, series, salt, name)
-    damaged = [p for p, exc in skipped if exc.reason == Reason.TRUNCATED
-               and series_uid_of_damaged(p) == stack.first.series_uid]
-    if damaged:  # never a volume with a slice silently missing
-        raise DicomSeriesError(Reason.TRUNCATED, f"{len(damaged)} file(s) of the series are truncated", damaged)
-    geom = plan_stack(stack.headers, tilt=tilt, uneven=uneven, fourd=fourd)
+    stack = select_stack(stacks, series, salt or new_salt(), name)
+    return read_stack(stack, damaged=damaged_files(skipped), tilt=tilt, uneven=uneven, fourd=fourd, salt=salt,
+                      max_voxels=max_voxels, notes=notes)
+
+
+def damaged_files(skipped: Iterable[tuple[str, DicomFileError]]) -> list[Damaged]:
+    """What the truncated files among ``skipped`` (from :func:`scan_headers`) say about their series."""
+    return [d for p, exc in skipped if exc.reason == Reason.TRUNCATED and (d := identify_damaged(p))]
+
+
+def read_stack(
+    stack: Stack,
+    *,
+    damaged: Sequence[Damaged] = (),
+    tilt: TiltPolicy = "error",
+    uneven: UnevenPolicy = "error",
+    fourd: FourDPolicy = "stack",
+    salt: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    notes: Sequence[str] = (),
+) -> tuple[DicomVolume, np.ndarray, dict]:
+    """One stack (from :func:`find_series` / :func:`~medssl.data.series.group_headers`) -> (decoded volume, RAS
+    affine, safe metadata). ``damaged``: truncated files of the same scan (:func:`damaged_files`); one whose place no
+    intact file of the stack takes refuses it (:mod:`medssl.data.damage`)."""
+    lost = uncovered(damaged, stack.headers)
+    if lost:  # never a volume with a slice silently missing; an intact copy of a damaged slice takes its place
+        raise DicomSeriesError(Reason.DAMAGED_MEMBER, f"{len(lost)} truncated file(s) of the series leave a place "
+                               "that no intact file takes", [d.path for d in lost])
+    geom = plan_stack(stack.headers, frames=stack.frame_group, tilt=tilt, uneven=uneven, fourd=fourd)
     voxels = int(np.prod(geom.shape))
     if voxels > max_voxels:
         raise DicomSeriesError(Reason.SIZE_LIMIT, f"stack has {voxels} voxels (limit {max_voxels})", geom.files)
@@ -296,8 +319,9 @@ def read_dicom_volume(
         volume, affine = regularise(volume)
     h = stack.first
     meta = {
-        "series_key": stack.public_key(salt) if user_salt else None,  # random salt -> meaningless key
+        "series_key": stack.public_key(salt) if salt else None,  # a random salt would make a meaningless key
         "series_number": h.series_number,
+        "split": stack.split,
         "modality": h.modality,
         "body_part": h.body_part,
         "manufacturer": h.manufacturer,
@@ -308,7 +332,7 @@ def read_dicom_volume(
         "n_timepoints": geom.n_timepoints,
         "is_mosaic": h.is_mosaic,
         "gantry_tilt": round(geom.tilt_deg, 4),
-        "warnings": notes + list(geom.warnings),
+        "warnings": list(notes) + list(geom.warnings),
     }
     return volume, affine, meta
 
@@ -339,5 +363,6 @@ __all__ = [
     "list_files",
     "read_dicom_series",
     "read_dicom_volume",
+    "read_stack",
     "scan_headers",
 ]

@@ -113,11 +113,13 @@ class DicomHeader:
     intercept: float
     mosaic_images: int | None  # Siemens NumberOfImagesInMosaic
     has_pixels: bool
-    enhanced_frames: tuple = field(default=(), repr=False)  # per-frame (position, orientation, spacing, slope, inter)
+    # per-frame (position, orientation, spacing, slope, intercept, dimension index values) of enhanced multi-frame
+    enhanced_frames: tuple = field(default=(), repr=False)
     mosaic_normal: tuple | None = None  # slice direction of a mosaic's tiles (CSA SliceNormalVector sign)
     pixel_offset: int | None = None  # file offset of native (unencapsulated) pixel bytes, for the fast path
     pixel_length: int | None = None
     patient_hash: str = ""  # keyed hash of PatientID ("" when absent); the raw ID is never stored
+    dimension_pointers: tuple[int, ...] = ()  # DimensionIndexSequence's DimensionIndexPointer tags (enhanced)
 
     @property
     def is_mosaic(self) -> bool:
@@ -145,13 +147,16 @@ def _num(ds, keyword, cast=float):
 
 
 def _vec(value, n):
+    """``n`` floats, or None when absent or malformed. Non-finite values (NaN, inf) are kept: they are degenerate
+    geometry, which :func:`medssl.data.geometry.check_geometry_values` refuses as ``bad_geometry`` (dropping them
+    here would report them as merely missing)."""
     if value is None:
         return None
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    if len(out) != n or not all(map(math.isfinite, out)):  # (math, not numpy: ~20x cheaper on 2-6 floats)
+    if len(out) != n:
         return None
     return out
 
@@ -186,8 +191,49 @@ def _mosaic_count(ds) -> int | None:
     return int(value) if value else None
 
 
+#: Philips private per-frame scale slope (MR Image Scale Slope, "SS"), in the private (2005,140F) frame group.
+_PHILIPS_FRAME_PRIVATE, _PHILIPS_SCALE_SLOPE = (0x2005, 0x140F), (0x2005, 0x100E)
+
+
+def _philips_scale(frame, slope: float, intercept: float) -> tuple[float, float]:
+    """Philips floating-point scaling of one frame, as dcm2niix applies it by default: FP = (SV * RS + RI) / (RS *
+    SS), i.e. slope RS/(RS*SS) and intercept RI/(RS*SS); the display scaling (RS, RI) when SS is absent or
+    unusable."""
+    try:
+        ss = float(frame[_PHILIPS_FRAME_PRIVATE][0][_PHILIPS_SCALE_SLOPE].value)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return slope, intercept
+    if not (math.isfinite(ss) and ss > 0 and slope):
+        return slope, intercept
+    import numpy as np  # (local: the header reader is the hot loop and rarely meets a Philips frame)
+
+    # in float32, as dcm2niix computes it: its scl_slope is then bit-identical, and so are the scaled values
+    rs = np.float32(slope)
+    denominator = rs * np.float32(ss)
+    return float(rs / denominator), float(np.float32(intercept) / denominator)
+
+
+def _index_values(value) -> tuple[int, ...]:
+    """DimensionIndexValues as a tuple of ints (() when absent or malformed)."""
+    if value is None:
+        return ()
+    try:
+        return tuple(int(v) for v in value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) \
+            else (int(value),)
+    except (TypeError, ValueError):
+        return ()
+
+
+def _dimension_pointers(ds) -> tuple[int, ...]:
+    try:
+        return tuple(int(item.DimensionIndexPointer) for item in ds.get("DimensionIndexSequence") or ())
+    except (AttributeError, TypeError, ValueError):
+        return ()
+
+
 def _enhanced_frames(ds) -> tuple:
-    """Per-frame geometry of an enhanced multi-frame object (Shared/PerFrame Functional Groups)."""
+    """Per-frame geometry, rescale and dimension index of an enhanced multi-frame object (Shared/PerFrame
+    Functional Groups); Philips frames with a private scale slope get Philips floating-point scaling."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
         return ()
@@ -201,16 +247,21 @@ def _enhanced_frames(ds) -> tuple:
                 return seq[0].get(attr)
         return None
 
+    philips = "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
     frames = []
     for frame in per_frame:
+        slope = float(pick(frame, "PixelValueTransformationSequence", "RescaleSlope") or 1.0)
+        intercept = float(pick(frame, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0)
+        if philips:
+            slope, intercept = _philips_scale(frame, slope, intercept)
         frames.append(
             (
                 _vec(pick(frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
                 _vec(pick(frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
                 _vec(pick(frame, "PixelMeasuresSequence", "PixelSpacing"), 2),
-                float(pick(frame, "PixelValueTransformationSequence", "RescaleSlope") or 1.0),
-                float(pick(frame, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0),
-                pick(frame, "FrameContentSequence", "DimensionIndexValues"),
+                slope,
+                intercept,
+                _index_values(pick(frame, "FrameContentSequence", "DimensionIndexValues")),
             )
         )
     return tuple(frames)
@@ -298,6 +349,7 @@ def read_header(path: str | Path, *, max_voxels: int = DEFAULT_MAX_VOXELS, salt:
         mosaic_images=None,
         has_pixels=True,
         enhanced_frames=_enhanced_frames(ds),
+        dimension_pointers=_dimension_pointers(ds),
         pixel_offset=pixel_at[0] if pixel_at else None,
         pixel_length=pixel_at[1] if pixel_at else None,
         patient_hash=_patient_hash(ds, salt),
@@ -337,17 +389,6 @@ def decoder_available(transfer_syntax: str) -> bool:
         return bool(get_decoder(transfer_syntax).is_available)
     except (NotImplementedError, ValueError):
         return False
-
-
-def series_uid_of_damaged(path: str | Path) -> str | None:
-    """SeriesInstanceUID of a file whose header could not be fully read (truncated): a forced, tolerant read of the
-    tags before the damage, so the series the file belonged to can be refused instead of silently losing a slice."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SeriesInstanceUID"])
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-    except Exception:  # noqa: BLE001 - best effort on a broken file
-        return None
-    return uid if len(uid) > 8 and all(c in "0123456789." for c in uid) else None
 
 
 def _parse(path: Path):

@@ -7,12 +7,15 @@ built from ImageOrientationPatient, PixelSpacing and the *measured* slice step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
 
 from medssl.data.dicom_header import DicomHeader
+from medssl.data.dimensions import FrameGroup
+from medssl.data.geometry_values import check_geometry_values
 from medssl.data.mosaic import mosaic_first_position, mosaic_grid
 from medssl.errors import DicomSeriesError, Reason
 
@@ -39,6 +42,7 @@ class SliceRef:
     position: np.ndarray
     slope: float
     intercept: float
+    order: tuple = ()  # an enhanced frame's place along the 4th axis (its non-splitting dimension index values)
 
 
 @dataclass
@@ -89,8 +93,9 @@ def lps_to_ras(affine: np.ndarray) -> np.ndarray:
     return out
 
 
-def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
-    """Files -> slices (mosaic tiles and enhanced frames become slices with their own positions)."""
+def _expand(headers: Sequence[DicomHeader], group: FrameGroup | None = None) -> list[SliceRef]:
+    """Files -> slices (mosaic tiles and enhanced frames become slices with their own positions); ``group``: only
+    these frames of an enhanced file (one stack of several, :mod:`medssl.data.dimensions`)."""
     out: list[SliceRef] = []
     for h in headers:
         if h.enhanced_frames and len(h.enhanced_frames) != h.number_of_frames:
@@ -102,10 +107,18 @@ def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
             raise DicomSeriesError(Reason.MISSING_GEOMETRY, f"multi-frame object ({h.number_of_frames} frames) "
                                    "without per-frame positions", [h.path])
         if h.enhanced_frames:
-            for f, (pos, ori, ps, slope, inter, _idx) in enumerate(h.enhanced_frames):
+            chosen = zip(group.frames, group.order) if group else ((f, ()) for f in range(len(h.enhanced_frames)))
+            first_ori = first_ps = None
+            for f, order in chosen:
+                pos, ori, ps, slope, inter, _idx = h.enhanced_frames[f]
                 if pos is None:
                     raise DicomSeriesError(Reason.MISSING_GEOMETRY, f"frame {f} has no position", [h.path])
-                out.append(SliceRef(h, f, None, np.asarray(pos, float), slope, inter))
+                if first_ori is None:
+                    first_ori, first_ps = ori, ps
+                elif _differ(ori, first_ori, 1e-3) or _differ(ps, first_ps, 1e-4):
+                    raise DicomSeriesError(Reason.MIXED_ORIENTATION, f"frame {f} has another orientation or pixel "
+                                           "spacing than the stack's first frame", [h.path])
+                out.append(SliceRef(h, f, None, np.asarray(pos, float), slope, inter, order))
         elif h.is_mosaic:
             if h.position is None or h.orientation is None or h.pixel_spacing is None:
                 raise DicomSeriesError(Reason.MISSING_GEOMETRY, "mosaic without geometry", [h.path])
@@ -119,11 +132,25 @@ def _expand(headers: Sequence[DicomHeader]) -> list[SliceRef]:
     return out
 
 
-def _frame_geometry(h: DicomHeader):
-    """(orientation, pixel spacing) of a file, from enhanced per-frame groups when present."""
+def _slice_step(h: DicomHeader) -> float | None:
+    """Declared slice step: SpacingBetweenSlices, else SliceThickness; only a positive, finite value counts."""
+    return next((v for v in (h.spacing_between_slices, h.slice_thickness)
+                 if v is not None and math.isfinite(v) and v > 0), None)
+
+
+def _differ(a, b, tol: float) -> bool:
+    if a is None or b is None:
+        return a is not b
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) > tol
+
+
+def _frame_geometry(h: DicomHeader, group: FrameGroup | None = None):
+    """(orientation, pixel spacing) of a file, from enhanced per-frame groups (the stack's first frame) when
+    present."""
     if h.enhanced_frames:
-        ori = h.enhanced_frames[0][1] or h.orientation
-        ps = h.enhanced_frames[0][2] or h.pixel_spacing
+        first = h.enhanced_frames[group.frames[0] if group else 0]
+        ori = first[1] or h.orientation
+        ps = first[2] or h.pixel_spacing
         return ori, ps
     return h.orientation, h.pixel_spacing
 
@@ -131,6 +158,7 @@ def _frame_geometry(h: DicomHeader):
 def _time_key(s: SliceRef):
     h = s.header
     return (
+        s.order,
         h.temporal_position if h.temporal_position is not None else -1,
         h.acquisition_number if h.acquisition_number is not None else -1,
         h.acquisition_time if h.acquisition_time is not None else -1.0,
@@ -143,11 +171,15 @@ def _time_key(s: SliceRef):
 def plan_stack(
     headers: Sequence[DicomHeader],
     *,
+    frames: FrameGroup | None = None,
     tilt: TiltPolicy = "error",
     uneven: UnevenPolicy = "error",
     fourd: FourDPolicy = "stack",
 ) -> StackGeometry:
-    """Validate and lay out one stack. Raises :class:`DicomSeriesError` with a reason code under strict policy."""
+    """Validate and lay out one stack. Raises :class:`DicomSeriesError` with a reason code under strict policy.
+
+    ``frames``: the frames of an enhanced file that form the stack (:attr:`medssl.data.series.Stack.frame_group`);
+    None takes every frame."""
     if not headers:
         raise DicomSeriesError(Reason.EMPTY_SERIES, "no files in stack")
     files = [h.path for h in headers]
@@ -156,10 +188,11 @@ def plan_stack(
         kinds = sorted({f"{h.photometric} x{h.samples_per_pixel}" for h in headers if h.path in colour})
         raise DicomSeriesError(Reason.UNSUPPORTED_PHOTOMETRIC, f"not a scalar image ({', '.join(kinds)}): colour, "
                                "palette or YBR data (ultrasound, photos, screenshots) is no training volume", colour)
+    check_geometry_values(headers)
     shapes = {(h.rows, h.columns, h.samples_per_pixel) for h in headers}
     if len(shapes) > 1:
         raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, f"rows/columns/samples differ: {sorted(shapes)}", files)
-    geoms = [_frame_geometry(h) for h in headers]
+    geoms = [_frame_geometry(h, frames) for h in headers]
     if any(o is None or p is None for o, p in geoms):
         bad = [h.path for h, (o, p) in zip(headers, geoms) if o is None or p is None]
         raise DicomSeriesError(Reason.MISSING_GEOMETRY, "no ImageOrientationPatient/PixelSpacing", bad)
@@ -175,14 +208,14 @@ def plan_stack(
     rows, columns = h0.rows, h0.columns
     pixel_spacing = (float(spacings[0][0]), float(spacings[0][1]))
 
-    refs = _expand(headers)
+    refs = _expand(headers, frames)
     if h0.is_mosaic:
         if len({h.mosaic_images for h in headers}) > 1:
             raise DicomSeriesError(Reason.INCONSISTENT_SHAPE, "mosaics hold different slice counts", files)
         _, rows, columns = mosaic_grid(h0.rows, h0.columns, h0.mosaic_images)
         if h0.mosaic_normal is not None:
             normal = np.asarray(h0.mosaic_normal, dtype=np.float64)
-        step = h0.spacing_between_slices or h0.slice_thickness
+        step = _slice_step(h0)
         if not step:
             raise DicomSeriesError(Reason.MISSING_GEOMETRY, "mosaic without slice spacing", files)
         refs = [
@@ -218,7 +251,7 @@ def plan_stack(
     if n_t > 1:
         for c in columns_z:
             c.sort(key=_time_key)
-            keys = [_time_key(s)[:5] for s in c]
+            keys = [_time_key(s)[:6] for s in c]
             if len(set(keys)) < len(keys):
                 raise DicomSeriesError(Reason.DUPLICATE_POSITION,
                                        "several files at one position with identical time/instance tags",
@@ -258,7 +291,7 @@ def plan_stack(
             warnings.append(f"uneven slice gaps {np.unique(np.round(gaps, 3))} mm resampled")
         step_vec = delta / (len(columns_z) - 1)
     else:
-        thickness = h0.spacing_between_slices or h0.slice_thickness or 1.0
+        thickness = _slice_step(h0) or 1.0
         step_vec = normal * thickness
 
     affine = np.eye(4)

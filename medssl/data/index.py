@@ -4,9 +4,12 @@
 
 - ``files.csv``: every path found under the archive exactly once — ``path`` (relative, POSIX), ``size``, ``status``
   (``indexed`` | ``skipped``), ``reason`` (a :class:`~medssl.errors.Reason` code, empty when indexed) and
-  ``series_key`` (empty for files skipped before grouping; filled for localizers and files of rejected stacks).
+  ``series_key`` (empty for files skipped before grouping; filled for localizers and files of rejected stacks; an
+  enhanced multi-frame file that holds several stacks lists all their keys, separated by ``;``).
 - ``series.csv``: usable volumes only (``ok``, or ``ok_with_warnings`` when tilt/uneven resampling was opted in),
-  described from headers alone (no pixel decoding); ``rejected_series.csv``: stacks that failed validation.
+  described from headers alone (no pixel decoding), one row per stack: an enhanced multi-frame file split by its
+  dimension index gives one row per stack, its ``split`` column naming which (``echo2``, ``trigger3``; empty
+  otherwise, see :mod:`medssl.data.dimensions`); ``rejected_series.csv``: stacks that failed validation.
 - ``index.json``: counts (``seen == indexed + skipped``, asserted before anything is written), per-reason counts,
   settings, timings; ``salt.txt``; ``.headers.json``: the re-run cache (parsed headers, and the salted content
   digests ``--dedup`` computed, keyed by a salted hash of the relative path, reused while a file's
@@ -47,8 +50,8 @@ from pydicom.uid import UID
 
 from medssl import __version__
 from medssl.data.assess_cache import AssessCache, Outcome, group_base
-from medssl.data.atomic import atomic_write_text
 from medssl.data.crawl import Found, crawl
+from medssl.data.damage import Damaged, identify_damaged, uncovered
 from medssl.data.dedup import (
     DUPLICATES_COLUMNS,
     NEAR_BITS,
@@ -61,7 +64,6 @@ from medssl.data.dicom_header import (
     DicomHeader,
     decoder_available,
     read_header,
-    series_uid_of_damaged,
 )
 from medssl.data.geometry import (
     FourDPolicy,
@@ -71,13 +73,17 @@ from medssl.data.geometry import (
     plan_stack,
 )
 from medssl.data.lock import DEFAULT_TIMEOUT_S, folder_lock
+from medssl.data.names import archive_path, is_utf8_name, printable_name
 from medssl.data.series import Stack, group_headers
 from medssl.errors import DicomFileError, DicomSeriesError, Reason
+from medssl.storage.atomic import atomic_write_text
 
 FILES_COLUMNS = ("path", "size", "status", "reason", "series_key")
+#: Separates the series keys of a file that holds several stacks (files.csv ``series_key``).
+KEY_SEPARATOR = ";"
 SERIES_COLUMNS = ("series_key", "modality", "body_part", "manufacturer", "rows", "columns", "n_slices",
                   "n_timepoints", "shape", "spacing", "n_files", "is_mosaic", "status", "patient_key",
-                  "patient_key_source")
+                  "patient_key_source", "split")
 #: series.csv statuses of volumes that datasets use (the others: dedup's ``duplicate`` / ``near_duplicate``)
 USABLE_STATUSES = ("ok", "ok_with_warnings")
 REJECTED_COLUMNS = ("series_key", "reason", "n_files", "message")
@@ -110,6 +116,7 @@ class IndexResult:
     stacks_assessed: int = 0  # stacks grouped, planned and validated in this run
     stacks_reused: int = 0  # stacks whose assessment came from the assessment cache (unchanged files and settings)
     unchanged_outputs: list[str] = field(default_factory=list)  # manifests / caches not rewritten: same content
+    non_utf8_names: int = 0  # paths whose names are not valid UTF-8 (written with \xNN escapes, see data/names.py)
 
     @property
     def files_csv(self) -> Path:
@@ -134,6 +141,8 @@ class IndexResult:
                 f"{len(self.series)} series, {len(self.rejected)} rejected; headers read {self.headers_read}, "
                 f"reused {self.headers_reused}; stacks assessed {self.stacks_assessed}, reused {self.stacks_reused}; "
                 + (f"{len(self.duplicates)} duplicates; " if self.duplicates else "")
+                + (f"{self.non_utf8_names} non-UTF-8 name(s) written with \\xNN escapes; " if self.non_utf8_names
+                   else "")
                 + f"{self.elapsed_s:.1f} s")
 
 
@@ -259,27 +268,30 @@ def _series_row(key: str, stack: Stack, geom: StackGeometry, salt: str) -> dict:
             "n_timepoints": geom.n_timepoints, "shape": "x".join(str(s) for s in geom.shape),
             "spacing": "x".join(_fmt(s) for s in geom.spacing), "n_files": len(stack.headers),
             "is_mosaic": h.is_mosaic, "status": "ok_with_warnings" if geom.warnings else "ok",
-            "patient_key": patient_key, "patient_key_source": patient_source}
+            "patient_key": patient_key, "patient_key_source": patient_source, "split": stack.split}
 
 
 def _assess_stack(stack: Stack, key: str, salt: str, archive: Path, policy: dict,
-                  n_damaged: int) -> tuple[str, str, dict | None, dict | None]:
+                  damaged: list[Damaged]) -> tuple[str, str, dict | None, dict | None]:
     """One stack -> (status, reason, series row or None, rejected row or None); every file of the stack shares the
-    status. ``n_damaged`` counts truncated files of its (hashed) SeriesInstanceUID: a series that lost a file is
-    refused, never indexed one slice short."""
+    status. ``damaged``: the truncated files that claim its (hashed) SeriesInstanceUID; one whose place no intact
+    file takes (:mod:`medssl.data.damage`) refuses the stack as ``damaged_member``: never indexed one slice
+    short, and its intact files are marked ``damaged_member``, not ``truncated``."""
     if stack.first.is_localizer:
         return "skipped", Reason.LOCALIZER.value, None, None
     try:
         if stack.n_orientations > 1:  # as the reader does: never index part of a series as if it were whole
             raise DicomSeriesError(Reason.MIXED_ORIENTATION,
                                    f"the series holds {stack.n_orientations} slice orientations")
-        if n_damaged:
-            raise DicomSeriesError(Reason.TRUNCATED, f"{n_damaged} file(s) of this series are truncated")
+        lost = uncovered(damaged, stack.headers)
+        if lost:
+            raise DicomSeriesError(Reason.DAMAGED_MEMBER, f"{len(lost)} truncated file(s) of this series leave a "
+                                   "place that no intact file takes")
         bad = sorted({h.transfer_syntax for h in stack.headers if not decoder_available(h.transfer_syntax)})
         if bad:
             names = ", ".join(UID(ts).name or ts for ts in bad)
             raise DicomSeriesError(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"no pixel decoder available for {names}")
-        geom = plan_stack(stack.headers, **policy)
+        geom = plan_stack(stack.headers, frames=stack.frame_group, **policy)
     except DicomSeriesError as exc:
         message = exc.detail.replace(str(archive), "<archive>")
         return "skipped", exc.reason.value, None, {"series_key": key, "reason": exc.reason.value,
@@ -288,17 +300,17 @@ def _assess_stack(stack: Stack, key: str, salt: str, archive: Path, policy: dict
 
 
 def _assess_group(base: tuple, members: list[Found], records: dict[str, tuple], salt: str, archive: Path,
-                  policy: dict, n_damaged: int) -> list[Outcome]:
+                  policy: dict, damaged: list[Damaged]) -> list[Outcome]:
     """Group the members' headers into stacks and assess each; the stacks must carry ``base`` (see
     :func:`~medssl.data.assess_cache.group_base`), else the cache would hold groups that grouping does not make."""
     headers = [_header_from_record(records[f.rel][0], f.path) for f in members]
     position = {f.path: i for i, f in enumerate(members)}
     outcomes = []
     for stack in group_headers(headers):
-        if stack.raw_key[:-1] != base:
-            raise AssertionError(f"group_base {base!r} disagrees with group_headers {stack.raw_key[:-1]!r}")
-        key = stack.public_key(salt)
-        status, reason, row, rejected = _assess_stack(stack, key, salt, archive, policy, n_damaged)
+        if stack.raw_key[:len(base)] != base:  # (after it: the orientation rank, and an enhanced file's split)
+            raise AssertionError(f"group_base {base!r} disagrees with group_headers {stack.raw_key[:len(base)]!r}")
+        key = stack.public_key(salt, uids_hashed=True)  # (header records hold salted hashes of the UIDs)
+        status, reason, row, rejected = _assess_stack(stack, key, salt, archive, policy, damaged)
         order = (stack.first.series_number or 0, stack.first.echo_number or 0, str(stack.raw_key))
         outcomes.append(Outcome(order, tuple(position[h.path] for h in stack.headers), status, reason, key, row,
                                 rejected))
@@ -306,7 +318,7 @@ def _assess_group(base: tuple, members: list[Found], records: dict[str, tuple], 
 
 
 def _assess(found: list[Found], records: dict[str, tuple], copies: dict, salt: str, archive: Path, policy: dict,
-            damaged: Counter, cache: AssessCache):
+            damaged: dict[str, list[Damaged]], cache: AssessCache):
     """Every grouped file -> (per-path (status, reason, key), series rows, rejected rows), in the stack order of
     :func:`~medssl.data.series.group_headers`. Groups whose cache key (members with their stat keys, policy, damage
     count, decodable transfer syntaxes) is in ``cache`` are not assessed again; returns the numbers of stacks
@@ -325,12 +337,13 @@ def _assess(found: list[Found], records: dict[str, tuple], copies: dict, salt: s
         for ts in syntaxes:  # installing a decoder plugin must re-assess the series it would decode
             if ts not in decodable:
                 decodable[ts] = decoder_available(ts)
-        material = [sorted(policy.items()), damaged[base[0]], [(ts, decodable[ts]) for ts in syntaxes],
+        claims = damaged.get(base[0], [])
+        material = [sorted(policy.items()), [d.material() for d in claims], [(ts, decodable[ts]) for ts in syntaxes],
                     [(f.rel, f.size, f.mtime_ns) for f in members]]
         gkey = cache.group_key(material)
         outcomes = cache.get(gkey, len(members))
         if outcomes is None:
-            outcomes = _assess_group(base, members, records, salt, archive, policy, damaged[base[0]])
+            outcomes = _assess_group(base, members, records, salt, archive, policy, claims)
             cache.put(gkey, outcomes)
             assessed += len(outcomes)
         else:
@@ -339,12 +352,24 @@ def _assess(found: list[Found], records: dict[str, tuple], copies: dict, salt: s
     done.sort(key=lambda item: item[0].order)
     series, rejected = [], []
     for o, members in done:
-        placed.update((members[i].path, (o.status, o.reason, o.key)) for i in o.members)
+        for i in o.members:
+            path = members[i].path
+            placed[path] = _merge_placement(placed[path], (o.status, o.reason, o.key)) if path in placed else (
+                o.status, o.reason, o.key)
         if o.series_row is not None:
             series.append(dict(o.series_row))  # copies: dedup marks statuses in these rows, not in the cache's
         if o.rejected_row is not None:
             rejected.append(dict(o.rejected_row))
     return placed, series, rejected, assessed, reused
+
+
+def _merge_placement(a: tuple[str, str, str], b: tuple[str, str, str]) -> tuple[str, str, str]:
+    """One file that holds several stacks (an enhanced multi-frame object split by its dimension index): its
+    files.csv row lists every stack's key, separated by ``;``; it is ``indexed`` when any of its stacks is usable,
+    else skipped with the first stack's reason."""
+    status = "indexed" if "indexed" in (a[0], b[0]) else "skipped"
+    reason = "" if status == "indexed" else a[1] or b[1]
+    return status, reason, f"{a[2]}{KEY_SEPARATOR}{b[2]}"
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -462,9 +487,11 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
         copies, compared = duplicate_files([(f.rel, f.path, f.size) for f in found if records.get(f.rel, (None,))[0]],
                                            salt, known=digests)
         digests.update(compared)
-    damaged = Counter(hash_identifier(uid, salt) for f in found
-                      if records.get(f.rel, (None, ""))[1] == Reason.TRUNCATED.value
-                      and (uid := series_uid_of_damaged(f.path)))
+    damaged: dict[str, list[Damaged]] = {}  # hashed SeriesInstanceUID -> its truncated files (hashed UIDs)
+    for f in found:
+        if records.get(f.rel, (None, ""))[1] == Reason.TRUNCATED.value and (d := identify_damaged(f.path)):
+            d = d.hashed(salt)
+            damaged.setdefault(d.series_uid, []).append(d)
     assessments = AssessCache(out_dir, archive=archive, salt=salt, reuse=reuse, series_columns=SERIES_COLUMNS,
                               rejected_columns=REJECTED_COLUMNS)
     placed, series, rejected, stacks_assessed, stacks_reused = _assess(found, records, copies, salt, archive, policy,
@@ -486,9 +513,11 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
             status, reason, key = "skipped", Reason.DUPLICATE_FILE.value, placed[path_of[copies[f.rel]]][2]
         else:
             status, reason, key = placed[f.path] if rec else ("skipped", reason, "")
-        rows.append({"path": f.rel, "size": f.size, "status": status, "reason": reason, "series_key": key})
+        rows.append({"path": printable_name(f.rel), "size": f.size, "status": status, "reason": reason,
+                     "series_key": key})
     seen, indexed = len(found), sum(r["status"] == "indexed" for r in rows)
     skipped = sum(r["status"] == "skipped" for r in rows)
+    non_utf8 = sum(not is_utf8_name(f.rel) for f in found)
     if seen != indexed + skipped or len({r["path"] for r in rows}) != seen or any(
             r["status"] == "skipped" and not r["reason"] for r in rows):
         raise AssertionError(f"index accounting broken: seen {seen} != indexed {indexed} + skipped {skipped}")
@@ -517,7 +546,7 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
                          headers_reused=len(found) - len(todo) - sum(bool(f.reason) for f in found),
                          elapsed_s=elapsed, timings={k: round(v, 4) for k, v in timings.items()},
                          duplicates=duplicates, stacks_assessed=stacks_assessed, stacks_reused=stacks_reused,
-                         unchanged_outputs=sorted(unchanged))
+                         unchanged_outputs=sorted(unchanged), non_utf8_names=non_utf8)
     usable = [s for s in series if s["status"] in USABLE_STATUSES]
     kinds = Counter(r["kind"] for r in duplicates)
     summary = {
@@ -527,7 +556,7 @@ def _build(archive: Path, out_dir: Path, *, workers: int, policy: dict, progress
                    "n_usable_series": len(usable), "n_patients": len({s["patient_key"] for s in usable}),
                    "n_rejected_series": len(rejected), "headers_read": result.headers_read,
                    "headers_reused": result.headers_reused, "stacks_assessed": stacks_assessed,
-                   "stacks_reused": stacks_reused},
+                   "stacks_reused": stacks_reused, "non_utf8_names": non_utf8},
         # outputs left as they were because their content would not change (index.json is always written)
         "unchanged_outputs": result.unchanged_outputs,
         "reason_counts": reason_counts,
@@ -557,6 +586,7 @@ def series_files(index_dir: Path, archive_root: Path) -> dict[str, list[Path]]:
     files, series = load_index(index_dir)
     out: dict[str, list[Path]] = {s["series_key"]: [] for s in series if s["status"] in USABLE_STATUSES}
     for row in files:
-        if row["status"] == "indexed" and row["series_key"] in out:
-            out[row["series_key"]].append(Path(archive_root) / row["path"])
+        for key in row["series_key"].split(KEY_SEPARATOR) if row["status"] == "indexed" else ():
+            if key in out:
+                out[key].append(archive_path(Path(archive_root), row["path"]))
     return out

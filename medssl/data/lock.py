@@ -1,7 +1,7 @@
 """A cross-process lock on an index folder, so that two ``medssl index`` runs never interleave and no reader sees
 a half-rewritten index.
 
-Every file of an index is replaced atomically (:mod:`medssl.data.atomic`), but a folder written by two runs at once
+Every file of an index is replaced atomically (:mod:`medssl.storage.atomic`), but a folder written by two runs at once
 could still mix them: ``files.csv`` of one run beside ``series.csv`` of the other, a ``salt.txt`` created twice
 (series keys hashed with a salt that is no longer on disk) or a header cache written by the slower run. So
 :func:`build_index <medssl.data.index.build_index>` holds :func:`folder_lock` on ``<out>/.index.lock`` from before

@@ -25,8 +25,8 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from medssl.data.atomic import atomic_write
-from medssl.data.hashing import PathLike
+from medssl.storage.atomic import atomic_write
+from medssl.storage.hashing import PathLike
 
 SPLITS = ("train", "val", "test")
 #: Official MedMNIST v2 + MedMNIST+ record, as used by the ``medmnist`` package.

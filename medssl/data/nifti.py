@@ -19,8 +19,8 @@ from monai.data.utils import is_supported_format
 from monai.utils import ensure_tuple
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-from medssl.data.atomic import atomic_write
 from medssl.errors import NiftiError, Reason
+from medssl.storage.atomic import atomic_write
 
 __all__ = ["read_nifti", "write_nifti", "check_same_grid", "NiftiReader", "affine_spacing"]
 

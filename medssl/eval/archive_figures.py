@@ -23,9 +23,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medssl.data.hashing import PathLike
 from medssl.eval.figures import FigureInputError, as_numpy
 from medssl.eval.plots import save_png
+from medssl.storage.hashing import PathLike
 
 __all__ = ["index_accounting", "orthogonal_planes", "volume_planes"]
 

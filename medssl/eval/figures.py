@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from monai.visualize.utils import blend_images
 
-from medssl.data.hashing import PathLike
 from medssl.eval.plots import save_png
+from medssl.storage.hashing import PathLike
 
 __all__ = ["FigureInputError", "as_numpy", "embedding_map", "foreground_slice", "label_colours", "overlay_rgb",
            "region_overlays", "robust_window", "segmentation_overlay", "segmentation_overlays"]

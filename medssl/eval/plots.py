@@ -15,8 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medssl.data.atomic import atomic_write
-from medssl.data.hashing import PathLike
+from medssl.storage.atomic import atomic_write
+from medssl.storage.hashing import PathLike
 
 __all__ = ["DPI", "reconstruction_grid", "save_png", "training_curves"]
 

@@ -28,9 +28,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medssl.data.atomic import atomic_write_text
-from medssl.data.hashing import PathLike
 from medssl.eval.label_efficiency import label_efficiency_plot, markdown_table
+from medssl.storage.atomic import atomic_write_text
+from medssl.storage.hashing import PathLike
 
 __all__ = ["build_report", "markdown_to_html"]
 

@@ -32,11 +32,11 @@ from monai.networks.nets import BasicUNet
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medssl.data.atomic import atomic_write
-from medssl.data.hashing import file_sha256
 from medssl.errors import MedsslError, Reason
 from medssl.models.hub import EncoderCardError, LoadReport, load_encoder, read_card
 from medssl.models.unet import DECODER_HEAD, DECODER_STAGES, BasicUNetDecoder
+from medssl.storage.atomic import atomic_write
+from medssl.storage.hashing import file_sha256
 
 __all__ = ["DECODER_NAME", "DENSE_DECODERS", "MissingDecoderError", "WholeLoadReport", "card_decoder",
            "export_decoder", "load_decoder_state", "load_whole_network"]

@@ -29,10 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medssl.data.atomic import atomic_write, atomic_write_text
-from medssl.data.hashing import file_sha256
 from medssl.errors import MedsslError, Reason
 from medssl.models.registry import build_encoder, encoder_spec
+from medssl.storage.atomic import atomic_write, atomic_write_text
+from medssl.storage.hashing import file_sha256
 
 CARD_FORMAT = "medssl-encoder"
 CARD_VERSION = 1

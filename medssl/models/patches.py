@@ -5,7 +5,9 @@ its ``L`` tokens row-major over the patch grid ``(g1, g2[, g3])``. :func:`patchi
 ``i`` of the encoder and row ``i`` of the reconstruction target refer to the same patch. Within a token the values
 are ordered ``(p1, p2[, p3], C)``: patch voxels row-major, channel last (the MAE convention).
 
-The number of spatial dimensions is inferred from the input (``x.ndim - 2``), so 2D and 3D share one code path.
+The number of spatial dimensions is inferred from the input (``x.ndim - 2``), so 2D and 3D share one code path. The
+grid arithmetic (:func:`~medssl.transforms.patch_grid.grid_shape`) lives with the other patch grids in
+:mod:`medssl.transforms.patch_grid`, which the masks use too: transforms know nothing of models.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["grid_shape", "patchify", "unpatchify"]
+from medssl.transforms.patch_grid import grid_shape
+
+__all__ = ["patchify", "unpatchify"]
 
 
 def _as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -22,15 +26,6 @@ def _as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     if len(out) != n or any(v < 1 for v in out):
         raise ValueError(f"{name} must be a positive int or {n} positive ints, got {value}")
     return out
-
-
-def grid_shape(image_size: Sequence[int], patch_size: int | Sequence[int]) -> tuple[int, ...]:
-    """Patches per spatial dimension; ValueError naming both sizes when ``image_size`` is not divisible."""
-    size = _as_tuple(image_size, len(image_size), "image_size")
-    patch = _as_tuple(patch_size, len(size), "patch_size")
-    if any(s % p for s, p in zip(size, patch)):
-        raise ValueError(f"image_size {size} is not divisible by patch_size {patch}")
-    return tuple(s // p for s, p in zip(size, patch))
 
 
 def patchify(x: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Checkpoint I/O that never destroys the last good checkpoint and never unpickles arbitrary objects.
 
-Writes go through :func:`medssl.data.atomic.atomic_write` (temp file in the same folder, fsync, ``os.replace``):
+Writes go through :func:`medssl.storage.atomic.atomic_write` (temp file in the same folder, fsync, ``os.replace``):
 a crash mid-save leaves the previous ``last.ckpt`` intact, and a failed write (disk full, quota, I/O error) raises
 :class:`CheckpointWriteError` naming the checkpoint, the cause and that the previous one is intact. Reads use
 ``torch.load(weights_only=True)``; checkpoints
@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from medssl.data.atomic import atomic_write
 from medssl.errors import MedsslError, Reason
+from medssl.storage.atomic import atomic_write
 
 #: errno values meaning "no room": ENOSPC (device full), EDQUOT (quota exceeded), EFBIG (file too large)
 NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG}

@@ -33,9 +33,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from medssl.data.atomic import atomic_write_text
 from medssl.data.datamodule import PretrainDataModule
 from medssl.ssl.base import SSLMethod
+from medssl.storage.atomic import atomic_write_text
 from medssl.training.checkpoint_io import AtomicCheckpointIO
 from medssl.training.collapse_guard import CollapseGuard
 from medssl.training.csv_log import ResumableCSVLogger

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from medssl.data.atomic import atomic_write
+from medssl.storage.atomic import atomic_write
 
 
 class _ResumableWriter(ExperimentWriter):

@@ -15,9 +15,9 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from medssl.data.hashing import file_sha256
 from medssl.models.dense_transfer import export_decoder
 from medssl.models.hub import export_encoder
+from medssl.storage.hashing import file_sha256
 
 CONFIG_NAME = "config.yaml"
 

@@ -29,11 +29,11 @@ import numpy as np
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Subset
 
-from medssl.data.atomic import atomic_write_text
 from medssl.data.medmnist import MedMNISTDataset
 from medssl.errors import MedsslError
 from medssl.eval.precise_bn import recalibrated_copy
 from medssl.eval.probe import extract_features, probe_report
+from medssl.storage.atomic import atomic_write_text
 
 PROBE_FILE = "probe.json"
 

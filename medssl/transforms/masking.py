@@ -12,7 +12,7 @@ Every sample hides exactly the same number of patches (``num_masked``), so visib
 ``(B, K, D)`` tensor. Randomness comes only from an optional ``torch.Generator``: the same seed gives the same mask.
 
 Patch grids are row-major, like a conv patch embedding flattened with ``.flatten(2)``
-(see :mod:`medssl.models.patches`); grids of any dimensionality work, so 2D and 3D share one code path.
+(:func:`medssl.transforms.patch_grid.grid_shape`); grids of any dimensionality work, so 2D and 3D share one code path.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medssl.models.patches import grid_shape as patch_grid
+from medssl.transforms.patch_grid import grid_shape as patch_grid
 
 __all__ = [
     "PatchMask",

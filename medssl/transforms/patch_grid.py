@@ -11,6 +11,8 @@ and patch ``(i_1, .., i_N)`` is the slice ``x[..., i_1 s_1 : i_1 s_1 + p_1, ..]`
 ``(S_d - p_d)`` is not a multiple of ``s_d``) are not covered; :func:`grid_size` reports it and
 :func:`assemble_patches` leaves them at zero.
 
+* :func:`grid_shape` -- the exact tiling's grid (stride = patch size, divisible sizes only), shared by the patch
+  tokens of :mod:`medssl.models.patches` and the masks of :mod:`medssl.transforms.masking`.
 * :func:`extract_patches` -- ``(B, C, *S) -> (B, *grid, C, *patch)`` with :meth:`torch.Tensor.unfold` (a strided
   view; differentiable).
 * :func:`assemble_patches` -- the inverse: overlap-add the patches and divide by how many covered each voxel. For
@@ -28,7 +30,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["assemble_patches", "extract_patches", "grid_size", "jitter_patch_intensity"]
+__all__ = ["assemble_patches", "extract_patches", "grid_shape", "grid_size", "jitter_patch_intensity"]
 
 
 def _per_axis(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -36,6 +38,17 @@ def _per_axis(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     if len(out) != n or any(v < 1 for v in out):
         raise ValueError(f"{name} must be a positive int or {n} positive ints, got {value}")
     return out
+
+
+def grid_shape(image_size: Sequence[int], patch_size: int | Sequence[int]) -> tuple[int, ...]:
+    """Patches per spatial dimension of a tiling that covers the image exactly (stride = patch size, no voxel left
+    over): the grid of a ViT patch embedding (:mod:`medssl.models.patches`) and of MAE / SimMIM masks
+    (:mod:`medssl.transforms.masking`). ValueError naming both sizes when ``image_size`` is not divisible."""
+    size = _per_axis(image_size, len(image_size), "image_size")
+    patch = _per_axis(patch_size, len(size), "patch_size")
+    if any(s % p for s, p in zip(size, patch)):
+        raise ValueError(f"image_size {size} is not divisible by patch_size {patch}")
+    return tuple(s // p for s, p in zip(size, patch))
 
 
 def grid_size(image_size: Sequence[int], patch_size: int | Sequence[int],

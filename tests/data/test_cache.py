@@ -14,7 +14,7 @@ import torch
 from monai.data import MetaTensor
 from safetensors import safe_open
 
-import medssl.data.hashing as hashing_mod
+import medssl.storage.hashing as hashing_mod
 from medssl.data.cache import CACHE_FORMAT_VERSION, PreprocessCache, PreprocessPlan, content_hash
 from medssl.data.loading import load_volume
 

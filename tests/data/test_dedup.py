@@ -241,7 +241,7 @@ def test_rerun_reads_only_changed_files_for_byte_copies(archive, tmp_path, monke
     for file copies (also after a run without --dedup in between), a file rewritten in place is, and the cache
     holds no plain sha256 of any file."""
     from medssl.data import dedup
-    from medssl.data.hashing import file_sha256
+    from medssl.storage.hashing import file_sha256
 
     work = tmp_path / "archive"
     shutil.copytree(archive, work)

@@ -14,7 +14,17 @@ case                                  direct                       crawl (rows u
 zero_byte_file                        empty_file                   empty_file
 truncated_header                      truncated                    truncated
 truncated_pixel_data                  truncated                    truncated
-truncated_slice_in_series             truncated                    truncated x6 (series refused)
+truncated_slice_in_series             damaged_member               truncated, damaged_member x5 (series refused)
+truncated_copy_elsewhere              ok (intact series whole)     indexed x6, truncated
+truncated_slice_resent_intact         ok (re-sent copy fills it)   indexed x6, truncated
+truncated_scout_of_the_series         ok (scout is not a slice)    indexed x6, truncated
+non_utf8_file_name                    ok (file read)               indexed x6 (name escaped)
+pixel_spacing_zero                    bad_geometry                 bad_geometry x6
+pixel_spacing_negative                bad_geometry                 bad_geometry x6
+pixel_spacing_nan                     bad_geometry                 bad_geometry x6
+orientation_all_zero                  bad_geometry                 bad_geometry x6
+orientation_not_orthogonal            bad_geometry                 bad_geometry x6
+orientation_not_unit                  bad_geometry                 bad_geometry x6
 truncated_pydicom_MR                  truncated                    truncated
 not_dicom_with_dcm_name               not_dicom                    not_dicom
 sr_without_pixels                     no_pixel_data                no_pixel_data
@@ -72,6 +82,7 @@ import gzip
 import os
 import shutil
 import struct
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,6 +171,83 @@ def truncated_member(d: Path) -> Built:
     data = files[-1].read_bytes()
     files[-1].write_bytes(data[: len(data) - 200])
     return Built(d, [files[-1]])
+
+
+def truncated_copy_elsewhere(d: Path) -> Built:
+    """A stray truncated copy of one slice elsewhere in the archive: the intact series stays whole and usable."""
+    vol = ramp()
+    files = series(d / "series", vol=vol)
+    data = files[3].read_bytes()
+    (d / "stray").mkdir()
+    cut = d / "stray" / "copy_of_slice4.dcm"
+    cut.write_bytes(data[: len(data) - 200])
+
+    def check(img):
+        np.testing.assert_array_equal(img.numpy(), vol)
+
+    return Built(d, [cut], check)
+
+
+def truncated_resent(d: Path) -> Built:
+    """The last slice arrived cut short and was sent again, intact, under a new SOPInstanceUID: the re-sent copy
+    takes its place (same position)."""
+    vol = ramp()
+    files = series(d / "first", vol=vol)
+    ds = pydicom.dcmread(files[-1])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    (d / "resent").mkdir()
+    ds.save_as(d / "resent" / "IM00006.dcm")
+    data = files[-1].read_bytes()
+    files[-1].write_bytes(data[: len(data) - 200])
+
+    def check(img):
+        np.testing.assert_array_equal(img.numpy(), vol)
+
+    return Built(d, [files[-1]], check)
+
+
+def truncated_scout(d: Path) -> Built:
+    """A sagittal localizer slice of the same series arrived cut short: it claims the series UID, but its header
+    still says it is a localizer in another orientation, so the axial stack keeps all its slices."""
+    vol = ramp()
+    files = series(d, vol=vol)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    sag = np.array([[0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    from medssl.data.phantoms import write_dicom_series
+
+    [scout] = write_dicom_series(ramp((16, 16, 1)), sag, d / "scout", series_uid=uid, series_number=1,
+                                 extra={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})
+    data = scout.read_bytes()
+    scout.write_bytes(data[: len(data) - 200])
+
+    def check(img):
+        np.testing.assert_array_equal(img.numpy(), vol)
+
+    return Built(d, [scout], check)
+
+
+def non_utf8_name(d: Path) -> Built:
+    """One slice's file name is not valid UTF-8 (Latin-1 bytes from an old archive): read and indexed like any."""
+    vol = ramp()
+    files = series(d, vol=vol)
+    os.rename(files[2], os.fsencode(str(files[2].parent)) + b"/IM\xe9\xff\xfe.dcm")
+
+    def check(img):
+        np.testing.assert_array_equal(img.numpy(), vol)
+
+    return Built(d, [], check)
+
+
+def degenerate(**extra) -> Callable[[Path], Built]:
+    """A series whose every slice carries the given degenerate geometry value."""
+    def build(d: Path) -> Built:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pydicom warns writing "nan" as DS: that is the point
+            files = series(d, extra=extra)
+        return Built(d, files)
+
+    build.__name__ = "degenerate_" + "_".join(extra)
+    return build
 
 
 def not_dicom(d: Path) -> Built:
@@ -544,7 +632,20 @@ CASES = [
     Case("zero_byte_file", zero_byte, "empty_file", C(("empty_file", 1))),
     Case("truncated_header", truncated_header, "truncated", C(("truncated", 1))),
     Case("truncated_pixel_data", truncated_pixels, "truncated", C(("truncated", 1))),
-    Case("truncated_slice_in_series", truncated_member, "truncated", C(("truncated", 6))),
+    Case("truncated_slice_in_series", truncated_member, "damaged_member", C(("truncated", 1), ("damaged_member", 5))),
+    Case("truncated_copy_elsewhere", truncated_copy_elsewhere, "ok", C(("", 6), ("truncated", 1))),
+    Case("truncated_slice_resent_intact", truncated_resent, "ok", C(("", 6), ("truncated", 1))),
+    Case("truncated_scout_of_the_series", truncated_scout, "ok", C(("", 6), ("truncated", 1))),
+    Case("non_utf8_file_name", non_utf8_name, "ok", C(("", 6))),
+    Case("pixel_spacing_zero", degenerate(PixelSpacing=[0, 0]), "bad_geometry", C(("bad_geometry", 6))),
+    Case("pixel_spacing_negative", degenerate(PixelSpacing=[-1, 1]), "bad_geometry", C(("bad_geometry", 6))),
+    Case("pixel_spacing_nan", degenerate(PixelSpacing=["nan", "nan"]), "bad_geometry", C(("bad_geometry", 6))),
+    Case("orientation_all_zero", degenerate(ImageOrientationPatient=[0] * 6), "bad_geometry",
+         C(("bad_geometry", 6))),
+    Case("orientation_not_orthogonal", degenerate(ImageOrientationPatient=[1, 0, 0, 0.6, 0.8, 0]), "bad_geometry",
+         C(("bad_geometry", 6))),
+    Case("orientation_not_unit", degenerate(ImageOrientationPatient=[2, 0, 0, 0, 2, 0]), "bad_geometry",
+         C(("bad_geometry", 6))),
     Case("truncated_pydicom_MR", file_case("MR_truncated.dcm"), "truncated", C(("truncated", 1))),
     Case("not_dicom_with_dcm_name", not_dicom, "not_dicom", C(("not_dicom", 1))),
     Case("sr_without_pixels", file_case("test-SR.dcm"), "no_pixel_data", C(("no_pixel_data", 1))),
@@ -702,3 +803,27 @@ def test_undecodable_slice_names_the_file_when_read_via_the_index(tmp_path: Path
     with pytest.raises(MedsslError) as info:
         load_volume(files)
     assert info.value.reason.value == "undecodable" and str(built.offending[0]) in info.value.files
+
+
+def test_convert_refuses_degenerate_geometry_with_its_reason(tmp_path: Path, capsys):
+    """`medssl convert` on PixelSpacing 0\\0 ends in a typed bad_geometry error (was nibabel's HeaderDataError)."""
+    from medssl.cli import DATA_ERROR, main
+
+    degenerate(PixelSpacing=[0, 0])(tmp_path / "s")
+    assert main(["convert", str(tmp_path / "s"), str(tmp_path / "out.nii.gz")]) == DATA_ERROR
+    assert "bad_geometry" in capsys.readouterr().out and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_non_utf8_name_is_counted_and_found_again(tmp_path: Path):
+    """files.csv spells the name with \\xNN escapes; index.json counts it; series_files finds the file on disk."""
+    import json
+
+    from medssl.data.index import series_files
+
+    non_utf8_name(tmp_path / "archive" / "s")
+    result = build_index(tmp_path / "archive", tmp_path / "index", workers=1, progress=False)
+    assert result.non_utf8_names == 1 == json.loads(result.index_json.read_text())["counts"]["non_utf8_names"]
+    assert "s/IM\\xe9\\xff\\xfe.dcm" in {r["path"] for r in _rows(result.files_csv)}
+    [files] = series_files(tmp_path / "index", tmp_path / "archive").values()
+    assert len(files) == 6 and all(f.is_file() for f in files)
+    np.testing.assert_array_equal(load_volume(files).numpy(), ramp())

@@ -2,7 +2,7 @@
 writes outside the archive.
 
 The archive (phantom series from :func:`medssl.data.phantoms.write_dicom_series`, then the canaries set with pydicom)
-goes through ``medssl index --dedup``, ``medssl convert`` (+ ``--list``), and the preprocessing cache, and then a tiny
+goes through ``medssl index --dedup``, ``medssl convert`` (+ ``--list``, + a whole folder), and the preprocessing cache, and then a tiny
 pretraining run reads the indexed archive (``ArchiveIndex``, the structure of ``configs/pretrain/mae3d_demo.yaml``:
 checkpoints, config.yaml, TensorBoard events and hparams.yaml, metrics.csv, encoder card and weights, summary.json,
 PNG plots). Every file written (CSV, JSON, YAML, NIfTI, .safetensors, .ckpt, event files, PNG and the salt, as bytes),
@@ -61,6 +61,7 @@ TECHNICAL_KEYS = {
     "n_timepoints", "photometric", "bits_stored", "pixel_representation", "is_mosaic", "image_type",
     "slice_thickness", "spacing", "shape", "orientation", "series_key", "series_number", "echo_number",
     "gantry_tilt", "rescale_slope", "rescale_intercept", "space", "policy",
+    "split",  # an enhanced file's stack label: medssl's own words and index numbers (echo2, trigger3), no header text
 }
 #: Attributes of the PS3.15 basic application-level confidentiality profile (as medssl would name them) that must
 #: never be an output key.
@@ -156,6 +157,9 @@ def test_no_canary_in_any_output(archive, tmp_path, capsys, caplog):
     assert main(["index", str(root), "--out", str(out / "index"), "--workers", "1", "--quiet", "--dedup"]) == 0
     assert main(["convert", str(ct), str(out / "convert" / "ct.nii.gz"), "--index", str(out / "index")]) == 0
     assert main(["convert", str(ct.parent), "--list", "--index", str(out / "index")]) == 0
+    # the whole archive into a folder: the gap series is refused (exit DATA_ERROR), everything else written
+    assert main(["convert", str(root), str(out / "convert_all") + "/", "--index", str(out / "index")]) == 3
+    assert len(list((out / "convert_all").glob("*.nii.gz"))) == 2
     cache = PreprocessCache(out / "cache", PreprocessPlan(intensity="ct_window"))
     assert cache.get(ct).shape == (16, 16, 6)
     console = capsys.readouterr()

@@ -7,7 +7,13 @@ import itertools
 import pytest
 import torch
 
-from medssl.transforms.patch_grid import assemble_patches, extract_patches, grid_size, jitter_patch_intensity
+from medssl.transforms.patch_grid import (
+    assemble_patches,
+    extract_patches,
+    grid_shape,
+    grid_size,
+    jitter_patch_intensity,
+)
 
 
 def _integer_image(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -102,3 +108,11 @@ def test_jitter_is_a_seeded_affine_map_per_patch(spatial_dims) -> None:
     assert scale.min() >= 0.7 - 1e-4 and scale.max() <= 1.3 + 1e-4 and shift.abs().max() <= 0.2 + 1e-4
     assert scale.std() > 0  # the draws differ between patches
     assert jitter_patch_intensity(patches, spatial_dims, 0.0, 0.0) is patches
+
+
+def test_grid_shape_of_an_exact_tiling_and_its_error():
+    """The ViT/MAE grid: per-axis quotient, and a ValueError naming both sizes when a size is not divisible."""
+    assert grid_shape((8, 12, 16), (2, 3, 4)) == (4, 4, 4) == grid_size((8, 12, 16), (2, 3, 4))[0]
+    assert grid_shape((64, 64), 16) == (4, 4)
+    with pytest.raises(ValueError, match=r"\(10, 8\).*\(4, 4\)"):
+        grid_shape((10, 8), 4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 
-from medssl.data.atomic import atomic_write_text
+from medssl.storage.atomic import atomic_write_text
 
 
 def test_atomic_files_get_umask_permissions(tmp_path):
@@ -22,7 +22,7 @@ def test_atomic_json_is_strict_json(tmp_path):
 
     import numpy as np
 
-    from medssl.data.atomic import atomic_write_json
+    from medssl.storage.atomic import atomic_write_json
 
     value = {"nan": float("nan"), "inf": float("-inf"), "arr": np.array([1.5, 2.0]), "n": np.int64(3),
              "t": (1, 2), "p": Path("a/b"), "nested": [{"x": float("nan")}]}
