@@ -136,7 +136,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medssl.data.atomic import atomic_write_json, atomic_write_text
+    from medssl.storage.atomic import atomic_write_json, atomic_write_text
     from medssl.eval.paired import json_ready
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

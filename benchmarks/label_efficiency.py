@@ -240,7 +240,7 @@ def pretrain_arm(arm: str, ds: Dataset, data_path: Path, work: Path, tmp: Path, 
     """
     import hashlib
 
-    from medssl.data.atomic import atomic_write_json
+    from medssl.storage.atomic import atomic_write_json
 
     overrides = _peer_overrides(ds, overrides) if arm == PEER else list(overrides or [])
     suffix = "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
@@ -464,7 +464,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out: Path, name: str | None = None) -> None:
     """``<name>.{json,md,png}`` in ``out`` (name: ``label_efficiency_<dataset>[_<tag>][_quick]``)."""
-    from medssl.data.atomic import atomic_write_json, atomic_write_text
+    from medssl.storage.atomic import atomic_write_json, atomic_write_text
     from medssl.eval.label_efficiency import label_efficiency_plot
 
     tag, quick = report["settings"].get("tag"), report["settings"].get("quick")

@@ -21,7 +21,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 from scipy.ndimage import gaussian_filter
 
-from medssl.data.atomic import atomic_write_text
+from medssl.storage.atomic import atomic_write_text
 from medssl.data.nifti import write_nifti
 
 __all__ = ["write_dicom_series", "make_phantom", "phantom_affine", "generate_phantoms"]

@@ -149,7 +149,7 @@ def _dicom_cases(files: list[Found], in_channels: int, salt: str, options: dict[
             skipped.append(Skip(name, Reason.LOCALIZER.value, f"{len(stack.headers)} file(s)"))
             continue
         try:
-            geom = plan_stack(stack.headers, **options)
+            geom = plan_stack(stack.headers, frames=stack.frame_group, **options)
         except DicomSeriesError as exc:
             skipped.append(Skip(name, exc.reason.value, f"{len(stack.headers)} file(s): {exc.detail}"))
             continue
@@ -178,8 +178,10 @@ def find_inputs(path: str | Path, *, in_channels: int = 1, salt: str | None = No
     else:
         found = [Found(f.name, str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
                  for f in _with_channel_siblings(path, in_channels)]
+    salt = salt or new_salt()
     options = {"tilt": tilt, "uneven": uneven, "fourd": "stack"}
-    inputs = Inputs(root=root, dicom_options=options)
+    # the reader picks each case's stack by its salted key (one enhanced file may hold several stacks)
+    inputs = Inputs(root=root, dicom_options={**options, "salt": salt})
     if not found:
         raise PredictInputError(Reason.EMPTY_SERIES, "the input folder holds no files", [path])
     usable = []
@@ -191,7 +193,7 @@ def find_inputs(path: str | Path, *, in_channels: int = 1, salt: str | None = No
     nifti = [f for f in usable if is_nifti(f.path)]
     others = [f for f in usable if not is_nifti(f.path)]
     inputs.cases = _nifti_cases(nifti, in_channels, inputs.skipped)
-    inputs.cases += _dicom_cases(others, in_channels, salt or new_salt(), options, inputs.skipped)
+    inputs.cases += _dicom_cases(others, in_channels, salt, options, inputs.skipped)
     inputs.skipped = [Skip(s.path, s.reason, inputs.scrub(s.detail)) for s in inputs.skipped]
     if not inputs.cases:
         reasons = sorted({s.reason for s in inputs.skipped})
@@ -215,7 +217,9 @@ def load_case(case: Case, dicom_options: dict[str, Any] | None = None) -> MetaTe
 
     Channel files must share one grid (shape and affine to 1e-4), else :class:`PredictInputError` naming the case.
     """
-    options = dicom_options or {}
+    options = dict(dicom_options or {})
+    if case.kind == "dicom" and "salt" in options:  # the stack this case is, among those its files hold
+        options["series"] = case.source
     vols = [load_volume(src if case.kind == "nifti" else list(src), **({} if case.kind == "nifti" else options))
             for src in case.channels]
     if len(vols) == 1:

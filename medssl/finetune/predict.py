@@ -33,8 +33,8 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
 from medssl import __version__
-from medssl.data.atomic import atomic_write_text
-from medssl.data.hashing import file_sha256
+from medssl.storage.atomic import atomic_write_text
+from medssl.storage.hashing import file_sha256
 from medssl.data.nifti import write_nifti
 from medssl.data.plan import PreprocessPlan
 from medssl.errors import MedsslError, Reason

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Subset
 
-from medssl.data.atomic import atomic_write_json, atomic_write_text
+from medssl.storage.atomic import atomic_write_json, atomic_write_text
 from medssl.data.medmnist import MedMNISTDataset
 from medssl.finetune.config_file import SELECTS, ProtocolConfigError, check_fields, read_yaml_config
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
@@ -253,7 +253,7 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, progress: bool = T
     from tqdm.auto import tqdm
 
     from medssl import __version__
-    from medssl.data.hashing import file_sha256
+    from medssl.storage.hashing import file_sha256
     from medssl.models.hub import load_encoder, read_card
 
     cfg.validate()

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from medssl.data.atomic import atomic_write_json, atomic_write_text
+from medssl.storage.atomic import atomic_write_json, atomic_write_text
 from medssl.errors import MedsslError, Reason
 from medssl.finetune.config_file import ProtocolConfigError
 from medssl.finetune.run_config import FinetuneConfig
@@ -91,7 +91,7 @@ def _config_yaml(cfg: FinetuneConfig) -> str:
 
 def _classification(cfg: FinetuneConfig, card: dict[str, Any] | None, run_dir: Path,
                     progress: bool) -> dict[str, Any]:
-    from medssl.data.hashing import file_sha256
+    from medssl.storage.hashing import file_sha256
     from medssl.data.medmnist import MedMNISTDataset
     from medssl.finetune.classification import fit_classifier, labelled_set
     from medssl.finetune.subsets import SubsetRecord

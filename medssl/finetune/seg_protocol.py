@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medssl.data.atomic import atomic_write_json, atomic_write_text
+from medssl.storage.atomic import atomic_write_json, atomic_write_text
 from medssl.eval.label_efficiency import budget_label, label_efficiency_plot, markdown_table
 from medssl.finetune.config_file import ProtocolConfigError, check_fields, read_yaml_config
 from medssl.finetune.seg_cases import (

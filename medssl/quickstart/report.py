@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medssl.data.atomic import atomic_write_text
+from medssl.storage.atomic import atomic_write_text
 
 __all__ = ["write_figures", "write_report"]
 

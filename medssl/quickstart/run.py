@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medssl.data.atomic import atomic_write_json
+from medssl.storage.atomic import atomic_write_json
 from medssl.quickstart.comparison import ARMS, finetune_vs_scratch
 from medssl.quickstart.report import write_figures, write_report
 from medssl.quickstart.settings import CONFIG_DIR, FULL, QUICK, QuickstartSettings

@@ -314,3 +314,23 @@ def test_cli_end_to_end(phantoms, classifier_ckpt, fake_npz, fake_segmentation_m
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(Path(__file__).resolve().parents[2] / "pipelines" / "predict.py"), run_name="__main__")
     assert exit_.value.code == 0 and (tmp_path / "pipe" / "phantom_001_seg.nii.gz").exists()
+
+
+def test_each_stack_of_an_enhanced_file_is_its_own_case(tmp_path):
+    """One Enhanced MR file with two echoes: two cases, each loading its own echo (not an ambiguous-series error)."""
+    import numpy as np
+
+    from medssl.finetune.inputs import find_inputs, load_case
+    from tests.data.test_dimensions import _enhanced_mr
+
+    shape = (6, 5, 4, 1)
+    i, j, k, _ = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    volumes = {1: i + 10 * j + 100 * k, 2: i + 10 * j + 100 * k + 5000}
+    (tmp_path / "in").mkdir()
+    _enhanced_mr(tmp_path / "in" / "enh.dcm", volumes)
+    inputs = find_inputs(tmp_path / "in", in_channels=1, salt="s" * 32)
+    assert len(inputs.cases) == 2 and not inputs.skipped
+    loaded = sorted((np.asarray(load_case(c, inputs.dicom_options)) for c in inputs.cases), key=lambda v: v.mean())
+    for volume, echo in zip(loaded, (1, 2)):
+        np.testing.assert_array_equal(volume.reshape(6, 5, 4), volumes[echo][..., 0] * 2 - 7)
+    assert all("s" * 32 not in str(c) for c in inputs.cases)  # the salt keys the names, it is not in them
