@@ -422,6 +422,16 @@ def markdown(report: dict[str, Any]) -> str:
                    f"unlabeled train split, pretraining seed{'s' if len(pseeds) > 1 else ''} "
                    f"{', '.join(map(str, pseeds))}. Test-split {metric}, mean ± sample std over {pooled}; "
                    f"ratio = mean / mean of `{PEER} finetune` (the peer) or of `scratch` at the same budget.")
+    if report.get("parts"):  # a merged report: each part's own machine, budget and command
+        machine_line = f"Merged from {len(report['parts'])} runs of this harness on the same data:"
+        budget_line = "\n".join(
+            f"{i + 1}. `{p['command']}` ({p['machine']['date']}, load {p['machine']['loadavg_start']}): "
+            f"{p['settings']['epochs']} pretraining epoch(s), pretraining seed(s) "
+            f"{', '.join(map(str, p['settings'].get('pretrain_seeds', [0])))}, fine-tuning seeds "
+            f"{p['settings']['seeds']}; arms {', '.join(p['settings']['arms'])}."
+            for i, p in enumerate(report["parts"])) + (
+            f"\n\nTest-split {metric}, mean ± sample std over each budget's runs; ratio = mean / mean of "
+            f"`{PEER} finetune` (the peer) or of `scratch` at the same budget.")
     header = (f"| arm / evaluation | labels | n labelled | runs | test {metric} | ratio to peer | ratio to scratch "
               "| eval wall s (mean) | pretrain wall s (mean) |")
     lines = [f"# Label efficiency side by side: {ds}", "", machine_line, "", budget_line, "", header,
@@ -458,8 +468,46 @@ def markdown(report: dict[str, Any]) -> str:
         if p.get("overrides"):
             note += "; settings " + ", ".join(f"`{o}`" for o in p["overrides"])
         lines.append(f"| {arm} | {p['epochs']} | {p['steps']} | {p['wall_s']:.0f} | {note} |")
-    lines += ["", f"Command: `{report['command']}`", ""]
+    if not report.get("parts"):
+        lines += ["", f"Command: `{report['command']}`", ""]
+    else:
+        lines += [""]
     return "\n".join(lines)
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several runs of the harness on one dataset (e.g. the 10% budget with its peer and 3
+    pretraining seeds, and a later 10-per-class run with 5 seeds): records concatenated, arms in first-seen order,
+    each run's command, settings and machine kept under ``parts`` (the header then describes every part). Refused
+    when the datasets, metrics or data differ, or two parts measured the same budget (a record would be counted
+    twice)."""
+    from medssl.eval.paired import budget_key
+
+    if len(reports) < 2:
+        raise ValueError("merge needs at least two result files")
+    first = reports[0]
+    for r in reports[1:]:
+        for key in ("dataset", "metric", "kind"):
+            if r[key] != first[key]:
+                raise ValueError(f"cannot merge: {key} {r[key]!r} differs from {first[key]!r}")
+        if r["data"].get("sha256") != first["data"].get("sha256"):
+            raise ValueError("cannot merge results measured on different data files (sha256 differs)")
+    seen: dict[Any, int] = {}
+    for i, r in enumerate(reports):
+        for budget in {budget_key(x) for x in r["records"]}:
+            if budget in seen:
+                raise ValueError(f"cannot merge: budget {budget} is in part {seen[budget] + 1} and part {i + 1}")
+            seen[budget] = i
+    parts = [p for r in reports for p in (r.get("parts") or [{k: r[k] for k in ("command", "settings", "machine")}])]
+    arms = list(dict.fromkeys(a for p in parts for a in p["settings"]["arms"]))
+    pretraining = {}
+    for i, r in enumerate(reports):
+        for key, value in r["pretraining"].items():
+            pretraining[key if key not in pretraining else f"{key} (part {i + 1})"] = value
+    return {**first, "settings": {**first["settings"], "arms": arms}, "parts": parts, "pretraining": pretraining,
+            "records": [x for r in reports for x in r["records"]],
+            "command": " ; ".join(p["command"] for p in parts),
+            "complete": all(r.get("complete") for r in reports)}
 
 
 def write_report(report: dict[str, Any], out: Path, name: str | None = None) -> None:
@@ -615,7 +663,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
                         help="only rewrite the .md and .png of these result files from their records (after a change "
                              "of the report code); runs nothing")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="OUT.json IN1.json IN2.json ...: one report of several runs on one dataset (different "
+                             "budgets), written as OUT.{json,md,png}; runs nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        out_path, *inputs = map(Path, args.merge)
+        write_report(merge_reports([json.loads(p.read_text()) for p in inputs]), out_path.parent, name=out_path.stem)
+        print(f"merged {len(inputs)} reports into {out_path.with_suffix('.md')}", flush=True)
+        return 0
     if args.render:
         for path in map(Path, args.render):
             report = json.loads(path.read_text())

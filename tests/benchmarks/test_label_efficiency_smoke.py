@@ -344,3 +344,41 @@ def test_reuse_of_a_pretraining_run_requires_unchanged_config_files(tmp_path, mo
     overlay.write_text(yaml.safe_dump(settings))
     assert bench._config_sha256("simclr", ds) != first["config_sha256"]
     assert "reused" not in bench.pretrain_arm(*args, reuse=True) and ran == ["simclr", "simclr"]  # run again
+
+
+def test_merge_keeps_every_part_and_refuses_a_budget_measured_twice(tmp_path):
+    """Two runs on one dataset (a 1% budget with the peer, a later 1/class budget): one report whose records are
+    both runs', whose header names each part's command and seeds, and whose paired section covers both budgets."""
+    bench = load_bench()
+
+    def report(records, arms, seeds, command, date):
+        return {"dataset": "toy", "kind": "cls", "metric": "auroc", "records": records,
+                "data": {"sha256": "abc", "n_train": 4708},
+                "machine": {"cpu": "x", "cores": 2, "versions": {}, "date": date, "loadavg_start": [0, 0, 0]},
+                "settings": {"epochs": 5, "batch_size": 128, "seeds": seeds, "arms": arms},
+                "pretraining": {"simclr": {"epochs": 5, "steps": 185, "wall_s": 10.0, "val_loss_before": 2.7,
+                                           "val_loss_after": 2.1}},
+                "command": command, "complete": True}
+
+    pct = report([_record("scratch", "scratch", "scratch", s, 0.8) for s in range(3)]
+                 + [_record("lightly_simclr finetune", "lightly_simclr", "finetune", s, 0.85) for s in range(3)]
+                 + [_record("simclr finetune", "simclr", "finetune", s, 0.9) for s in range(3)],
+                 ["scratch", "lightly_simclr", "simclr"], [0, 1, 2], "run A", "2026-11-30")
+    per_class = [{**_record(m, a, m.split()[-1], s, v + 0.01 * s, None), "per_class": 1, "n_labelled": 2}
+                 for s in range(5) for m, a, v in (("scratch", "scratch", 0.6), ("simclr finetune", "simclr", 0.7))]
+    merged = bench.merge_reports([pct, report(per_class, ["scratch", "simclr"], [0, 1, 2, 3, 4], "run B",
+                                              "2026-12-07")])
+    assert len(merged["records"]) == 9 + 10 and merged["settings"]["arms"] == ["scratch", "lightly_simclr", "simclr"]
+    assert set(merged["pretraining"]) == {"simclr", "simclr (part 2)"} and merged["complete"]
+    bench.write_report(merged, tmp_path, name="label_efficiency_toy")
+    text = (tmp_path / "label_efficiency_toy.md").read_text()
+    assert "1. `run A` (2026-11-30" in text and "2. `run B` (2026-12-07" in text and "seeds [0, 1, 2, 3, 4]" in text
+    paired = text.partition("## Paired gain over scratch")[2]
+    assert "| simclr finetune | 1/class |" in paired and "| simclr finetune | 1% |" in paired
+    again = bench.merge_reports([merged, report([_record("scratch", "scratch", "scratch", 9, 0.5, 0.1)],
+                                                ["scratch"], [9], "run C", "2026-12-08")])
+    assert [p["command"] for p in again["parts"]] == ["run A", "run B", "run C"]  # parts of parts stay flat
+    with pytest.raises(ValueError, match="budget"):
+        bench.merge_reports([pct, pct])
+    with pytest.raises(ValueError, match="data"):
+        bench.merge_reports([pct, {**report(per_class, ["scratch"], [0], "x", "d"), "data": {"sha256": "other", "n_train": 1}}])
