@@ -257,21 +257,15 @@ def test_tilted_ct_raises_then_matches_tilt_eq_reference(tmp_path):
 
 def _enhanced_multiframe(path: Path, vol: np.ndarray, aff: np.ndarray) -> None:
     """Write ``vol`` as one enhanced multi-frame object (per-frame positions in functional groups)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as Seq
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from tests.data.enhanced_objects import ENHANCED_CT, enhanced_dataset
 
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
     sx, sy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
     iop = list(lps[:3, 0] / sx) + list(lps[:3, 1] / sy)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), generate_uid(), "CT", 9
+    ds = enhanced_dataset(ENHANCED_CT, "CT", 9)
     ds.Rows, ds.Columns, ds.NumberOfFrames = vol.shape[1], vol.shape[0], vol.shape[2]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

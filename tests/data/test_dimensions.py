@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as Seq
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medssl.data.convert import convert_series
 from medssl.data.dicom import find_series, read_dicom_volume
 from medssl.data.index import build_index, series_files
 from tests.conftest import require_shared
+from tests.data.enhanced_objects import ENHANCED_MR, enhanced_dataset
 
 # DimensionIndexPointer tags
 STACK_ID, IN_STACK, TEMPORAL, ECHO_TIME = 0x00209056, 0x00209057, 0x00209128, 0x00189082
@@ -29,14 +30,7 @@ def _enhanced_mr(path: Path, volumes: dict[int, np.ndarray], spacing=(0.9, 0.8, 
     """One Enhanced MR file holding one 4D volume (X, Y, Z, T) per echo (``volumes``: echo index -> array); frames
     stored in a shuffled order, indexed by (stack, in-stack position, temporal position, effective echo time), or
     by ``pointers`` with ``index(e, z, t)`` giving each frame's DimensionIndexValues."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), generate_uid(), "MR", 7
+    ds = enhanced_dataset(ENHANCED_MR, "MR", 7)
     first = next(iter(volumes.values()))
     nx, ny, nz, nt = first.shape
     ds.Rows, ds.Columns = ny, nx
