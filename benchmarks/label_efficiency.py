@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import os
 import sys
 import tempfile
@@ -485,6 +486,10 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
     if len(reports) < 2:
         raise ValueError("merge needs at least two result files")
+    for r in reports:
+        missing = [k for k in ("dataset", "metric", "kind", "records", "settings", "machine", "pretraining") if k not in r]
+        if missing:
+            raise ValueError(f"cannot merge: a result file lacks {missing} (not a label_efficiency.py result?)")
     first = reports[0]
     for r in reports[1:]:
         for key in ("dataset", "metric", "kind"):
@@ -500,10 +505,17 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             seen[budget] = i
     parts = [p for r in reports for p in (r.get("parts") or [{k: r[k] for k in ("command", "settings", "machine")}])]
     arms = list(dict.fromkeys(a for p in parts for a in p["settings"]["arms"]))
-    pretraining = {}
-    for i, r in enumerate(reports):
+    pretraining: dict[str, Any] = {}
+    offset = 0  # parts before this report, so "(part k)" counts the flattened parts
+    for r in reports:
         for key, value in r["pretraining"].items():
-            pretraining[key if key not in pretraining else f"{key} (part {i + 1})"] = value
+            m = re.fullmatch(r"(.*) \(part (\d+)\)", key)  # from an earlier merge: part k of that report
+            base, part = (m[1], offset + int(m[2])) if m else (key, offset + 1)
+            name = base if part == 1 else f"{base} (part {part})"
+            if name in pretraining:
+                raise ValueError(f"cannot merge: two pretraining runs named {name!r}")
+            pretraining[name] = value
+        offset += len(r.get("parts") or [None])
     return {**first, "settings": {**first["settings"], "arms": arms}, "parts": parts, "pretraining": pretraining,
             "records": [x for r in reports for x in r["records"]],
             "command": " ; ".join(p["command"] for p in parts),
@@ -668,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
                              "budgets), written as OUT.{json,md,png}; runs nothing")
     args = parser.parse_args(argv)
     if args.merge:
+        if len(args.merge) < 3:
+            parser.error("--merge takes OUT.json and at least two result files")
         out_path, *inputs = map(Path, args.merge)
         write_report(merge_reports([json.loads(p.read_text()) for p in inputs]), out_path.parent, name=out_path.stem)
         print(f"merged {len(inputs)} reports into {out_path.with_suffix('.md')}", flush=True)

@@ -4,8 +4,9 @@ A few-label protocol is many small, independent runs (budgets x seeds x methods)
 gains little from a second intra-op thread, while two runs in two processes use two cores fully, so
 :func:`run_parallel` spreads the runs over ``workers`` processes (``spawn``: no forked torch or Lightning state)
 and hands the results back **in the order of the calls**, whatever order they finish in. Every run is seeded by its
-own arguments, so a parallel protocol records exactly what the serial one does. An exception in a run is raised
-here as it was raised there, with a note naming the run's position; the runs not yet started are cancelled.
+own arguments, so a parallel protocol records what the serial one does with one torch thread (a different thread
+count may change the last digits of CPU convolutions). An exception in a run is raised here as it was raised there,
+with a note naming the run's position; runs not yet started are cancelled, also when the caller stops early.
 """
 from __future__ import annotations
 
@@ -42,14 +43,15 @@ def run_parallel(fn: Callable[..., Any], calls: Sequence[dict[str, Any]], worker
     if not calls:
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(calls)), mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(calls)), mp_context=context, initializer=_init_worker,
+                               initargs=(threads,))
+    try:
         futures = [pool.submit(_call, fn, dict(kwargs)) for kwargs in calls]
         for i, future in enumerate(futures):
             try:
                 yield future.result()
             except Exception as exc:  # the run's own exception (typed errors keep their type), with where it came from
-                for rest in futures[i + 1:]:
-                    rest.cancel()
                 exc.add_note(f"in parallel run {i + 1} of {len(calls)}")
                 raise
+    finally:  # a failed run, or a caller that stops early: runs not started yet never start
+        pool.shutdown(wait=True, cancel_futures=True)

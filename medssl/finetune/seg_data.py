@@ -31,7 +31,9 @@ posterior parts as in the MSD hippocampus). With ``class_ratios`` (one weight pe
 crop centres are drawn per *class* instead (MONAI ``RandCropByLabelClassesd``): ``[1, 1, 2]`` centres half the crops
 on label 2, however few voxels it has, as nnU-Net oversamples foreground classes. A small structure such as a
 50-voxel tumour inside an organ is otherwise almost never a crop centre, and a few-label run of a few hundred steps
-does not learn it. A class absent from a case gets no crops from that case (its weight is shared out by MONAI). When every case has a ``mask`` (a brain mask) and
+does not learn it. A class absent from a case gets no crops from that case (its weight is shared out by MONAI); the
+background weight must be > 0, so an item without any weighted foreground still has crop centres. In 2-D the
+balance holds per slice, not per batch: slices without the structure still give background crops. When every case has a ``mask`` (a brain mask) and
 ``use_masks`` is on, background centres are drawn inside the mask only (the mask is prepared like a label map and
 used as ``RandCropByPosNegLabeld``'s ``image_key`` with threshold 0), so a full-size 240 x 240 x 155 MRI does not
 spend half its crops on air; in 2-D the items are the slices along
@@ -172,8 +174,8 @@ def flip_axes_error(flip_axes: Sequence[int] | None, spatial_dims: int) -> str |
 
 
 def class_ratios_error(class_ratios: Any) -> str | None:
-    """Why ``class_ratios`` is not None or a list of >= 2 non-negative weights with a positive foreground weight
-    (None when it is)."""
+    """Why ``class_ratios`` is not None or a list of >= 2 non-negative weights with positive background and
+    foreground weights (None when it is)."""
     if class_ratios is None:
         return None
     if isinstance(class_ratios, (str, bytes)) or not isinstance(class_ratios, Sequence) or len(class_ratios) < 2:
@@ -183,6 +185,8 @@ def class_ratios_error(class_ratios: Any) -> str | None:
         return f"class_ratios must be numbers >= 0, got {list(class_ratios)!r}"
     if not sum(class_ratios[1:]) > 0:
         return f"class_ratios must give some foreground class a weight > 0, got {list(class_ratios)!r}"
+    if not class_ratios[0] > 0:  # a crop (a 2-D slice, a case) without the weighted classes needs somewhere to go
+        return f"class_ratios must give the background (first) a weight > 0, got {list(class_ratios)!r}"
     return None
 
 

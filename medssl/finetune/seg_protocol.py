@@ -27,8 +27,8 @@ masks (``brainmask`` in ``dataset.json``, or a ``masks`` glob) draw background c
 
 ``workers`` > 1 trains that many runs at once, each in its own process with one torch thread
 (:func:`medssl.finetune.parallel_runs.run_parallel`): small 3-D networks on a CPU use a core far better as
-separate runs than as threads of one run. Each run is seeded on its own, so the records are those of ``workers: 1``,
-in the same order.
+separate runs than as threads of one run. Each run is seeded on its own, so the records are those of ``workers: 1``
+run with one torch thread, in the same order.
 """
 from __future__ import annotations
 

@@ -378,6 +378,8 @@ def test_merge_keeps_every_part_and_refuses_a_budget_measured_twice(tmp_path):
     again = bench.merge_reports([merged, report([_record("scratch", "scratch", "scratch", 9, 0.5, 0.1)],
                                                 ["scratch"], [9], "run C", "2026-12-08")])
     assert [p["command"] for p in again["parts"]] == ["run A", "run B", "run C"]  # parts of parts stay flat
+    assert set(again["pretraining"]) == {"simclr", "simclr (part 2)", "simclr (part 3)"}  # none lost or renamed
+    assert again["pretraining"]["simclr (part 2)"] is merged["pretraining"]["simclr (part 2)"]
     with pytest.raises(ValueError, match="budget"):
         bench.merge_reports([pct, pct])
     with pytest.raises(ValueError, match="data"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 
 import pytest
 
@@ -13,6 +14,11 @@ from medssl.finetune.seg_cases import SegmentationDataError
 from medssl.finetune.seg_protocol import SegProtocolConfig, run_seg_protocol
 from medssl.models.hub import ChannelMismatchError
 from tests.finetune.test_seg_protocol import setup  # noqa: F401  (the module-scoped cubes + tiny encoder)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
 
 
 def square_or_fail(x: int) -> int:
@@ -30,6 +36,14 @@ def test_results_come_back_in_call_order_and_errors_keep_their_type():
     assert any("parallel run 2 of 2" in note for note in info.value.__notes__)
     with pytest.raises(ValueError):
         list(run_parallel(square_or_fail, [{"x": 1}], workers=0))
+
+
+def test_a_caller_that_stops_early_does_not_wait_for_the_queued_runs():
+    runs = run_parallel(nap, [{"seconds": 0.1}] + [{"seconds": 1.0}] * 30, workers=1)
+    assert next(runs) == 0.1  # (starting the worker process takes a while: not timed)
+    t0 = time.perf_counter()
+    runs.close()  # e.g. the protocol failed writing its report: the 30 queued runs (30 s) must not all run first
+    assert time.perf_counter() - t0 < 15.0  # the run started and those the pool had already handed over, at most
 
 
 @pytest.mark.parametrize("error", [

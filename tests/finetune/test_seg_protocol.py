@@ -143,6 +143,7 @@ def test_postprocessing_is_chosen_on_validation_and_travels_with_the_checkpoint(
     best = max(post["val_dice"].values())
     assert post["val_dice"][post["chosen"]] == best
     assert post["chosen"] == "none" or best > post["val_dice"]["none"]
+    assert post["val_dice"]["none"] == pytest.approx(run["best_val"]["dice"])  # scored as validation scores
     ckpt = tmp_path / "auto" / "runs" / "scratch_n1_seed0" / "checkpoints" / "best.ckpt"
     assert load_checkpoint(ckpt).postprocess == post["chosen"]
 
