@@ -191,6 +191,9 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cases, label_names = task_cases(cfg)
+    if cfg.class_ratios is not None and len(cfg.class_ratios) != len(label_names):  # before any run, not in one
+        raise ProtocolConfigError("class_ratios", f"needs one weight per label value {label_names} (background "
+                                  f"first), got {cfg.class_ratios!r}")
     split = recorded_split(cfg, cases)
     train, val, test = (select_cases(cases, split[p]) for p in ("train", "val", "test"))
     if max(cfg.counts) > len(train):

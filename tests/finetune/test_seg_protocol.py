@@ -75,6 +75,11 @@ def test_whole_network_method_against_encoder_only(setup, tmp_path, one_thread):
     with pytest.raises(MissingDecoderError, match="holds no decoder"):
         run_seg_protocol(refused, tmp_path / "refused", progress=False)
     assert not (tmp_path / "refused" / "label_efficiency_cubes.json").exists()
+    # class_ratios of the wrong length: refused against the label names before any run, not inside one
+    wrong = SegProtocolConfig(**{**cfg, "methods": ["scratch"], "class_ratios": [1, 1, 1]}).validate()
+    with pytest.raises(ProtocolConfigError, match="'class_ratios'.*background"):
+        run_seg_protocol(wrong, tmp_path / "wrong", progress=False)
+    assert not (tmp_path / "wrong" / "label_efficiency_cubes.json").exists()
 
 
 def test_config_errors_name_the_field(setup):
