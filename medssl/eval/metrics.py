@@ -55,7 +55,7 @@ def _label_map(value: Any, name: str) -> torch.Tensor:
 
 def segmentation_metrics(pred_labels: Any, true_labels: Any, num_classes: int,
                          spacing: float | Sequence[float] | None = None,
-                         include_background: bool = False) -> dict[str, Any]:
+                         include_background: bool = False, hd95: bool = True) -> dict[str, Any]:
     """Per-label Dice and HD95 of one case (see module docstring for the empty-mask conventions).
 
     Args:
@@ -64,6 +64,7 @@ def segmentation_metrics(pred_labels: Any, true_labels: Any, num_classes: int,
         num_classes: number of classes including the background (label 0).
         spacing: voxel size per axis (or one number, isotropic) in mm; HD95 is then in mm, otherwise in voxels.
         include_background: also report label 0.
+        hd95: compute HD95 (a distance transform per label); False leaves it NaN, for callers that read only Dice.
 
     Returns:
         ``{"dice": {label: float}, "hd95": {label: float}, "labels": [labels], "hd95_unit": "mm" | "voxel"}``.
@@ -93,7 +94,7 @@ def segmentation_metrics(pred_labels: Any, true_labels: Any, num_classes: int,
     out: dict[str, Any] = {"dice": {}, "hd95": {}, "labels": labels, "hd95_unit": "voxel" if spacing is None else "mm"}
     for c in labels:
         out["dice"][c] = float(dice[c])
-        if not (p1h[0, c].any() and t1h[0, c].any()):
+        if not (hd95 and p1h[0, c].any() and t1h[0, c].any()):
             out["hd95"][c] = math.nan
             continue
         with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes to itself
@@ -124,8 +125,9 @@ def _hd95(pred: torch.Tensor, true: torch.Tensor, spacing: list[float] | None) -
 
 
 def region_metrics(pred_masks: Any, true_masks: Any, names: Sequence[str],
-                   spacing: float | Sequence[float] | None = None) -> dict[str, Any]:
-    """Per-region Dice and HD95 of one case from ``(R, *spatial)`` boolean masks (see module docstring).
+                   spacing: float | Sequence[float] | None = None, hd95: bool = True) -> dict[str, Any]:
+    """Per-region Dice and HD95 of one case from ``(R, *spatial)`` boolean masks (see module docstring); with
+    ``hd95=False`` HD95 is left NaN (no distance transforms), for callers that read only Dice.
 
     Returns ``{"dice": {name: float}, "hd95": {name: float}, "absent": [names], "hd95_unit": "mm" | "voxel"}``;
     Dice ``2|P and R| / (|P| + |R|)`` (0 when exactly one is empty), NaN for both metrics of absent regions.
@@ -144,7 +146,7 @@ def region_metrics(pred_masks: Any, true_masks: Any, names: Sequence[str],
             out["absent"].append(name)
             continue
         out["dice"][name] = 2.0 * int((p & t).sum()) / (np_ + nt)
-        out["hd95"][name] = _hd95(p, t, spacing) if np_ and nt else math.nan
+        out["hd95"][name] = _hd95(p, t, spacing) if hd95 and np_ and nt else math.nan
     return out
 
 

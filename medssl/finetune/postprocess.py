@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["POSTPROCESS", "POSTPROCESS_CHOICES", "apply_postprocess", "choose_postprocess", "record_in_checkpoint"]
+__all__ = ["POSTPROCESS", "POSTPROCESS_CHOICES", "apply_postprocess", "check_postprocess", "choose_postprocess",
+           "record_in_checkpoint"]
 
 #: the methods a segmenter can apply (``apply_postprocess``)
 POSTPROCESS = ("none", "largest_foreground", "largest_per_label")
@@ -38,11 +39,17 @@ POSTPROCESS = ("none", "largest_foreground", "largest_per_label")
 POSTPROCESS_CHOICES = (*POSTPROCESS, "auto")
 
 
+def check_postprocess(method: str, allowed: Sequence[str] = POSTPROCESS) -> str:
+    """``method`` when it is one of ``allowed`` (default: the methods a segmenter applies), else ValueError."""
+    if method not in allowed:
+        raise ValueError(f"postprocess must be one of {tuple(allowed)}, got {method!r}")
+    return method
+
+
 def apply_postprocess(labels: torch.Tensor, method: str) -> torch.Tensor:
     """``labels`` (``(*spatial)`` integer map) post-processed by ``method`` (one of :data:`POSTPROCESS`); a new
     tensor of the same shape and dtype, ``labels`` untouched. Labels absent from the map are left as they are."""
-    if method not in POSTPROCESS:
-        raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {method!r}")
+    check_postprocess(method)
     out = labels.detach().cpu().numpy().copy()
     if method == "largest_foreground":
         out[~_largest_component(out > 0)] = 0
@@ -96,8 +103,7 @@ def choose_postprocess(predictions: Iterable[tuple[torch.Tensor, torch.Tensor]],
 def record_in_checkpoint(path: str | Path, method: str) -> None:
     """Write ``method`` as ``hyper_parameters["postprocess"]`` of the Lightning checkpoint at ``path`` (atomically:
     a temporary file renamed over it), so ``medssl predict`` applies what the run chose."""
-    if method not in POSTPROCESS:
-        raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {method!r}")
+    check_postprocess(method)
     path = Path(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt.setdefault("hyper_parameters", {})["postprocess"] = method

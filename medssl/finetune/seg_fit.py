@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.cache import PreprocessCache
 from medssl.eval.metrics import summarize_cases
-from medssl.finetune.postprocess import POSTPROCESS_CHOICES, choose_postprocess, record_in_checkpoint
+from medssl.finetune.postprocess import (POSTPROCESS_CHOICES, check_postprocess, choose_postprocess,
+                                         record_in_checkpoint)
 from medssl.finetune.seg_cases import SegmentationCase, num_channels
 from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
 from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
@@ -98,7 +99,8 @@ def evaluate_segmenter(module: SegmentationFinetuner, dataset: SegmentationVolum
 def choose_postprocess_on(module: SegmentationFinetuner, dataset: SegmentationVolumes) -> dict[str, Any]:
     """:func:`~medssl.finetune.postprocess.choose_postprocess` on ``dataset``'s volumes (the validation cases),
     scored per case by the mean Dice over its labels (or over the regions present in prediction or reference; a case
-    with none scores 1). Dice only: HD95 would cost a distance transform per method and region for nothing."""
+    with none scores 1), by the module's own metrics without HD95 (a distance transform per method and region for
+    nothing)."""
 
     def predictions():
         for i in range(len(dataset)):
@@ -106,14 +108,11 @@ def choose_postprocess_on(module: SegmentationFinetuner, dataset: SegmentationVo
             yield module.logits_to_labels(module.predict_logits(item["image"])), item["label"][0].cpu()
 
     def score(pred: torch.Tensor, ref: torch.Tensor) -> float:
+        dice = module.case_metrics(pred, ref, hd95=False)["dice"]
         if module.regions is not None:
-            pairs = list(zip(module.regions.masks(pred), module.regions.masks(ref)))
-        else:
-            pairs = [(pred == c, ref == c) for c in range(1, module.num_classes)]
-        dice = [2.0 * float((p & r).sum()) / float(p.sum() + r.sum()) for p, r in pairs if p.any() or r.any()]
-        if module.regions is None:  # labels: an absent label is a match (1), as segmentation_metrics scores it
-            dice += [1.0] * sum(1 for p, r in pairs if not (p.any() or r.any()))
-        return float(np.mean(dice)) if dice else 1.0
+            values = [v for v in dice.values() if not math.isnan(v)]
+            return float(np.mean(values)) if values else 1.0
+        return float(np.mean(list(dice.values())))
 
     return choose_postprocess(predictions(), score)
 
@@ -164,8 +163,7 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     t0 = time.perf_counter()
     if num_classes is None and label_names is None:
         raise ValueError("give num_classes or label_names")
-    if postprocess not in POSTPROCESS_CHOICES:
-        raise ValueError(f"postprocess must be one of {POSTPROCESS_CHOICES}, got {postprocess!r}")
+    check_postprocess(postprocess, POSTPROCESS_CHOICES)
     n_labels = int(num_classes or len(label_names))
     if class_ratios is not None and len(class_ratios) != n_labels:
         raise ValueError(f"class_ratios needs one weight per label value ({n_labels}: background first), got "

@@ -70,7 +70,7 @@ from medssl.finetune.seg_cases import SegmentationDataError
 from medssl.finetune.layer_decay import adamw_warmup_cosine, layer_decay_groups
 from medssl.finetune.seg_data import check_card_dims, resolve_plan
 from medssl.finetune.regions import RegionMap
-from medssl.finetune.postprocess import POSTPROCESS, apply_postprocess
+from medssl.finetune.postprocess import apply_postprocess, check_postprocess
 from medssl.models.dense_transfer import card_decoder, load_whole_network
 from medssl.models.hub import ChannelMismatchError, LoadReport, card_channels, check_channels, load_encoder, read_card
 from medssl.models.segmenter import build_segmenter, segmenter_spec
@@ -134,8 +134,7 @@ class SegmentationFinetuner(L.LightningModule):
             raise ValueError(f"segmentation fine-tuning uses AdamW, got optim.name={self.optim.name!r}")
         if transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
-        if postprocess not in POSTPROCESS:
-            raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
+        check_postprocess(postprocess)
         if region_training not in REGION_TRAINING:
             raise ValueError(f"region_training must be one of {REGION_TRAINING}, got {region_training!r}")
         self.regions = RegionMap.from_config(regions, region_labels) if regions else None
@@ -293,18 +292,17 @@ class SegmentationFinetuner(L.LightningModule):
 
     def set_postprocess(self, method: str) -> None:
         """Apply ``method`` (:data:`~medssl.finetune.postprocess.POSTPROCESS`) from now on; recorded in hparams."""
-        if method not in POSTPROCESS:
-            raise ValueError(f"postprocess must be one of {POSTPROCESS}, got {method!r}")
-        self.postprocess = method
+        self.postprocess = check_postprocess(method)
         self.hparams["postprocess"] = method
 
     def case_metrics(self, pred_labels: torch.Tensor, true_labels: torch.Tensor,
-                     spacing: Sequence[float] | None = None) -> dict[str, Any]:
-        """Dice and HD95 of one case: per region (:func:`region_metrics`) or per label (:func:`segmentation_metrics`)."""
+                     spacing: Sequence[float] | None = None, hd95: bool = True) -> dict[str, Any]:
+        """Dice and HD95 of one case: per region (:func:`region_metrics`) or per label (:func:`segmentation_metrics`);
+        ``hd95=False`` skips the distance transforms (HD95 left NaN) where only Dice is read."""
         if self.regions is not None:
             return region_metrics(self.regions.masks(pred_labels), self.regions.masks(true_labels),
-                                  self.regions.names, spacing=spacing)
-        return segmentation_metrics(pred_labels, true_labels, self.num_classes, spacing=spacing)
+                                  self.regions.names, spacing=spacing, hd95=hd95)
+        return segmentation_metrics(pred_labels, true_labels, self.num_classes, spacing=spacing, hd95=hd95)
 
     def on_validation_epoch_start(self) -> None:
         self._val_cases = []
@@ -313,7 +311,8 @@ class SegmentationFinetuner(L.LightningModule):
         for image, label in zip(batch["image"], batch["label"]):
             logits = self.predict_logits(image)
             self.log("val/loss", self.compute_loss(logits[None], label[None]), on_epoch=True, batch_size=1)
-            self._val_cases.append(self.case_metrics(self.logits_to_labels(logits), label[0].cpu()))
+            # Dice only: validation logs and selects by Dice, HD95 would cost a distance transform per label
+            self._val_cases.append(self.case_metrics(self.logits_to_labels(logits), label[0].cpu(), hd95=False))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_cases:

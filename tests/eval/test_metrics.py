@@ -88,3 +88,19 @@ def test_invalid_inputs():
         segmentation_metrics(a, a, 2, spacing=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="fractional"):
         segmentation_metrics(a + 0.5, a, 2)
+
+
+def test_dice_only_leaves_hd95_undefined_and_dice_unchanged():
+    """hd95=False (validation, the post-processing choice) skips the distance transforms, nothing else."""
+    from medssl.eval.metrics import region_metrics
+
+    pred, true = np.zeros((12, 12, 6), np.int64), np.zeros((12, 12, 6), np.int64)
+    pred[2:6, 2:6, 1:4], true[3:7, 2:6, 1:4] = 1, 1
+    pred[8:10, 8:10, 2:4], true[8:11, 8:11, 2:4] = 2, 2
+    full, fast = (segmentation_metrics(pred, true, 3, spacing=(1.0, 1.0, 2.0), hd95=h) for h in (True, False))
+    assert fast["dice"] == full["dice"] and all(math.isfinite(v) for v in full["hd95"].values())
+    assert all(math.isnan(v) for v in fast["hd95"].values())
+    masks = [np.stack([pred > 0, pred == 2]), np.stack([true > 0, true == 2])]
+    full, fast = (region_metrics(*masks, ["WT", "ET"], spacing=1.0, hd95=h) for h in (True, False))
+    assert fast["dice"] == full["dice"] and fast["absent"] == full["absent"] == []
+    assert all(math.isfinite(v) for v in full["hd95"].values()) and all(math.isnan(v) for v in fast["hd95"].values())
