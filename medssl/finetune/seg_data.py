@@ -173,9 +173,9 @@ def flip_axes_error(flip_axes: Sequence[int] | None, spatial_dims: int) -> str |
     return None
 
 
-def class_ratios_error(class_ratios: Any) -> str | None:
+def class_ratios_error(class_ratios: Any, n_labels: int | None = None) -> str | None:
     """Why ``class_ratios`` is not None or a list of >= 2 non-negative weights with positive background and
-    foreground weights (None when it is)."""
+    foreground weights, one per label value when ``n_labels`` is given (None when it is)."""
     if class_ratios is None:
         return None
     if isinstance(class_ratios, (str, bytes)) or not isinstance(class_ratios, Sequence) or len(class_ratios) < 2:
@@ -187,6 +187,9 @@ def class_ratios_error(class_ratios: Any) -> str | None:
         return f"class_ratios must give some foreground class a weight > 0, got {list(class_ratios)!r}"
     if not class_ratios[0] > 0:  # a crop (a 2-D slice, a case) without the weighted classes needs somewhere to go
         return f"class_ratios must give the background (first) a weight > 0, got {list(class_ratios)!r}"
+    if n_labels is not None and len(class_ratios) != n_labels:
+        return (f"class_ratios needs one weight per label value ({n_labels}: background first), got "
+                f"{list(class_ratios)!r}")
     return None
 
 

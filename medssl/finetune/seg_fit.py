@@ -29,7 +29,8 @@ from medssl.eval.metrics import summarize_cases
 from medssl.finetune.postprocess import (POSTPROCESS_CHOICES, check_postprocess, choose_postprocess,
                                          record_in_checkpoint)
 from medssl.finetune.seg_cases import SegmentationCase, num_channels
-from medssl.finetune.seg_data import SegmentationPatches, SegmentationVolumes, check_cases, resolve_plan
+from medssl.finetune.seg_data import (SegmentationPatches, SegmentationVolumes, check_cases, class_ratios_error,
+                                      resolve_plan)
 from medssl.finetune.segmentation import MONITOR, SegmentationFinetuner
 from medssl.finetune.trainer import check_budget, fit_best
 from medssl.models.dense_transfer import card_decoder
@@ -164,10 +165,9 @@ def fit_segmenter(card: str | Path | None, architecture: dict[str, Any] | None,
     if num_classes is None and label_names is None:
         raise ValueError("give num_classes or label_names")
     check_postprocess(postprocess, POSTPROCESS_CHOICES)
-    n_labels = int(num_classes or len(label_names))
-    if class_ratios is not None and len(class_ratios) != n_labels:
-        raise ValueError(f"class_ratios needs one weight per label value ({n_labels}: background first), got "
-                         f"{list(class_ratios)!r}")
+    problem = class_ratios_error(class_ratios, int(num_classes or len(label_names)))
+    if problem is not None:
+        raise ValueError(problem)
     card_json = read_card(card)[0] if card is not None else None
     if card_json is None and architecture is None:
         raise ValueError("give an encoder card or, from scratch, an architecture")

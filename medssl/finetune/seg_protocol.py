@@ -183,6 +183,7 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
     from tqdm.auto import tqdm
 
     from medssl import __version__
+    from medssl.finetune.seg_data import class_ratios_error
     from medssl.finetune.seg_fit import fit_segmenter
     from medssl.models.dense_transfer import card_decoder
     from medssl.models.hub import read_card
@@ -191,9 +192,9 @@ def run_seg_protocol(cfg: SegProtocolConfig, out_dir: str | Path, *, progress: b
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cases, label_names = task_cases(cfg)
-    if cfg.class_ratios is not None and len(cfg.class_ratios) != len(label_names):  # before any run, not in one
-        raise ProtocolConfigError("class_ratios", f"needs one weight per label value {label_names} (background "
-                                  f"first), got {cfg.class_ratios!r}")
+    problem = class_ratios_error(cfg.class_ratios, len(label_names))  # against the labels before any run, not in one
+    if problem is not None:
+        raise ProtocolConfigError("class_ratios", f"{problem}; labels {label_names}")
     split = recorded_split(cfg, cases)
     train, val, test = (select_cases(cases, split[p]) for p in ("train", "val", "test"))
     if max(cfg.counts) > len(train):
